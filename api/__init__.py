@@ -1,0 +1,1 @@
+"""FastAPI app, CLI and web page."""

@@ -1,0 +1,19 @@
+"""Dependencies injected into the routes."""
+
+from __future__ import annotations
+
+from fastapi import Depends, HTTPException
+
+from api.service import QiaoService, Snapshot
+
+
+def get_service() -> QiaoService:  # replaced by create_app through dependency_overrides
+    raise RuntimeError("get_service is bound by create_app")
+
+
+def get_snapshot(service: QiaoService = Depends(get_service)) -> Snapshot:
+    snap = service.snapshot
+    if snap is None:
+        detail = service.load_error or "no index is loaded"
+        raise HTTPException(status_code=503, detail=f"{detail} (build it with `qiao index`)")
+    return snap

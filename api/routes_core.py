@@ -1,0 +1,98 @@
+"""Health, search and documents."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Depends, HTTPException, Query
+
+from api.deps import get_service, get_snapshot
+from api.schemas import (
+    DocumentList,
+    DocumentMeta,
+    DocumentOut,
+    DocumentSpan,
+    HealthResponse,
+    SearchRequest,
+    SearchResponse,
+)
+from api.service import QiaoService, Snapshot
+
+router = APIRouter()
+
+
+@router.get("/health", response_model=HealthResponse, tags=["meta"])
+def health(service: QiaoService = Depends(get_service)) -> HealthResponse:
+    snap = service.snapshot
+    if snap is None:
+        return HealthResponse(
+            status="no_index", index_loaded=False, chunks=0, documents=0,
+            embedder=service.settings.embedder, detail=service.load_error,
+        )
+    m = snap.index.manifest
+    return HealthResponse(
+        status="ok", index_loaded=True, chunks=snap.index.size, documents=len(snap.index.documents),
+        embedder=m["embedder"]["model_id"], build_id=m.get("build_id"),
+    )
+
+
+def check_doc_ids(snap: Snapshot, doc_ids: list[str] | None) -> None:
+    for d in doc_ids or ():
+        if d not in snap.index.documents:
+            raise HTTPException(status_code=404, detail=f"unknown doc_id {d!r} in filters: list documents with GET /documents")
+
+
+@router.post("/search", response_model=SearchResponse, tags=["search"])
+def search(req: SearchRequest, snap: Snapshot = Depends(get_snapshot)) -> SearchResponse:
+    """Ranked passages for a query in English or Chinese, with their exact offsets into the source."""
+    t0 = time.perf_counter()
+    check_doc_ids(snap, req.filters.doc_id)
+    hits = snap.retriever.search(req.query, k=req.k, mode=req.mode, filters=req.filters.to_filters())
+    return SearchResponse(
+        query=req.query, mode=req.mode, took_ms=round((time.perf_counter() - t0) * 1000, 3),
+        hits=[h.to_dict() for h in hits],
+    )
+
+
+def _doc_meta(snap: Snapshot, doc_id: str) -> dict:
+    d = snap.index.documents[doc_id]
+    meta = d.metadata()
+    meta["chunks"] = int((snap.index.chunk_doc == doc_id).sum())
+    return meta
+
+
+@router.get("/documents", response_model=DocumentList, tags=["documents"])
+def list_documents(snap: Snapshot = Depends(get_snapshot)) -> DocumentList:
+    return DocumentList(documents=[DocumentMeta(**_doc_meta(snap, d)) for d in snap.index.documents])
+
+
+def line_of(text: str, offset: int) -> int:
+    """1-based line number of character ``offset``."""
+    return text.count("\n", 0, offset) + 1
+
+
+@router.get("/documents/{doc_id}", response_model=DocumentOut, tags=["documents"])
+def get_document(
+    doc_id: str,
+    start: int | None = Query(None, ge=0, description="span start (character offset), with end"),
+    end: int | None = Query(None, ge=0, description="span end (exclusive), with start"),
+    snap: Snapshot = Depends(get_snapshot),
+) -> DocumentOut:
+    """The original text and metadata; with ``start``/``end``, the span marked with its line numbers."""
+    doc = snap.index.documents.get(doc_id)
+    if doc is None:
+        raise HTTPException(status_code=404, detail=f"unknown doc_id {doc_id!r}: list documents with GET /documents")
+    span = None
+    if start is not None or end is not None:
+        if start is None or end is None:
+            raise HTTPException(status_code=422, detail="give both start and end to mark a span")
+        if not (0 <= start < end <= len(doc.text)):
+            raise HTTPException(
+                status_code=422,
+                detail=f"span [{start}, {end}) is out of range: need 0 <= start < end <= {len(doc.text)} for this document",
+            )
+        span = DocumentSpan(
+            start=start, end=end, text=doc.text[start:end],
+            line_start=line_of(doc.text, start), line_end=line_of(doc.text, end - 1),
+        )
+    return DocumentOut(**_doc_meta(snap, doc_id), text=doc.text, span=span)

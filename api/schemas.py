@@ -1,0 +1,168 @@
+"""Typed request and response models of the HTTP API (also reused by the CLI's --json)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from corpus.gazetteer import resolve_region
+from retriever.models import Filters
+
+MAX_QUERY_CHARS = 2000
+
+
+def _check_date(v: str | None) -> str | None:
+    if v is None:
+        return v
+    try:
+        if len(v) == 10:
+            return dt.date.fromisoformat(v).isoformat()
+    except ValueError:
+        pass
+    raise ValueError(f"{v!r} is not a date: use YYYY-MM-DD, e.g. 2023-07-27")
+
+
+class SearchFilters(BaseModel):
+    """Facet filters. Every list is OR within itself; different filters are AND-ed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lang: list[Literal["en", "zh"]] | None = Field(None, description='languages to keep: "en", "zh"')
+    region: list[str] | None = Field(
+        None, description="regions in English, Simplified or Traditional Chinese (e.g. Tianjin, 天津, 博鰲樂城)", max_length=50
+    )
+    date_from: str | None = Field(None, description="inclusive, YYYY-MM-DD")
+    date_to: str | None = Field(None, description="inclusive, YYYY-MM-DD")
+    doc_id: list[str] | None = Field(None, description="document ids (see GET /documents)", max_length=1000)
+
+    @field_validator("date_from", "date_to")
+    @classmethod
+    def _dates(cls, v):
+        return _check_date(v)
+
+    @field_validator("region")
+    @classmethod
+    def _regions(cls, v):
+        if v is None:
+            return v
+        out = []
+        for name in v:
+            key = resolve_region(name) if isinstance(name, str) and name.strip() else None
+            if key is None:
+                raise ValueError(f"unknown region {name!r}: use a Chinese province, city or pilot zone name, e.g. Tianjin or 天津")
+            out.append(key)
+        return out
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.date_from and self.date_to and self.date_from > self.date_to:
+            raise ValueError(f"date_from {self.date_from} is after date_to {self.date_to}")
+        return self
+
+    def to_filters(self) -> Filters:
+        return Filters(
+            lang=tuple(self.lang) if self.lang else None,
+            region=tuple(self.region) if self.region else None,
+            date_from=self.date_from,
+            date_to=self.date_to,
+            doc_id=tuple(self.doc_id) if self.doc_id else None,
+        )
+
+
+def _check_text(v: str, what: str) -> str:
+    if not v.strip():
+        raise ValueError(f"{what} must not be empty or only whitespace")
+    if len(v) > MAX_QUERY_CHARS:
+        raise ValueError(f"{what} is {len(v)} characters; the limit is {MAX_QUERY_CHARS}: shorten it")
+    if "\x00" in v:
+        raise ValueError(f"{what} must not contain NUL characters")
+    return v
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    query: str = Field(..., description="English or Chinese (Simplified or Traditional)", examples=["哪些地区支持干细胞临床研究"])
+    k: int = Field(10, ge=1, le=100, description="number of hits, 1..100")
+    mode: Literal["hybrid", "bm25", "vector"] = "hybrid"
+    filters: SearchFilters = Field(default_factory=SearchFilters)
+
+    @field_validator("query")
+    @classmethod
+    def _query(cls, v: str) -> str:
+        return _check_text(v, "query")
+
+
+class HitScores(BaseModel):
+    bm25: float | None
+    vector: float | None
+
+
+class HitRanks(BaseModel):
+    bm25: int | None
+    vector: int | None
+
+
+class HitOut(BaseModel):
+    rank: int
+    chunk_id: str
+    doc_id: str
+    source: str
+    title: str
+    text: str
+    lang: str
+    start: int
+    end: int
+    score: float
+    scores: HitScores
+    ranks: HitRanks
+    date: str | None
+    regions: list[str]
+    heading: str | None = None
+
+
+class SearchResponse(BaseModel):
+    query: str
+    mode: str
+    took_ms: float
+    hits: list[HitOut]
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok", "no_index"]
+    index_loaded: bool
+    chunks: int
+    documents: int
+    embedder: str
+    build_id: str | None = None
+    detail: str | None = None
+
+
+class DocumentMeta(BaseModel):
+    doc_id: str
+    source: str
+    title: str
+    lang: str
+    date: str | None
+    news_source: str | None
+    chars: int
+    chunks: int
+
+
+class DocumentList(BaseModel):
+    documents: list[DocumentMeta]
+
+
+class DocumentSpan(BaseModel):
+    start: int
+    end: int
+    text: str
+    line_start: int = Field(description="1-based line of the span's first character")
+    line_end: int = Field(description="1-based line of the span's last character")
+
+
+class DocumentOut(DocumentMeta):
+    text: str
+    span: DocumentSpan | None = None

@@ -1,0 +1,1 @@
+"""Documents: loading, cleaning, metadata, facets and chunking (with exact offsets)."""

@@ -1,0 +1,1 @@
+"""Analysers, embedders, the FAISS + BM25 indexes and their persistence."""

