@@ -41,13 +41,13 @@ ANALYSER_VERSION = "1"
 CHINESE_MODE: Literal["search", "precise"] = "search"
 """How Chinese words are emitted.
 
-"search" (default): every jieba word, followed by the dictionary words inside it (e.g.
-间充质干细胞 -> 间充质干细胞, 干细胞, 细胞, ...). jieba's dictionary holds many long compounds
-(深圳市人大常委会, 上海市人民政府, 明确提出) and our user dictionary adds more (细胞治疗,
-自贸试验区); in precise mode a query for 常委会 or 细胞 would never match them. The whole word
-still comes first, so a document that has the exact compound scores higher. This is jieba's
-``cut_for_search`` idea, extended to sub-words of every length (jieba stops at 3 characters,
-which misses e.g. 人民政府 inside 上海市人民政府).
+"search" (default): every jieba word, followed by the words inside it (e.g. 间充质干细胞 ->
+间充质干细胞, 干细胞, 细胞). jieba's dictionary holds many long compounds (深圳市人大常委会,
+上海市人民政府, 明确提出) and our user dictionary adds more (细胞治疗, 自贸试验区); in precise
+mode a query for 常委会 or 细胞 would never match them, and a query's segmentation of a
+compound often differs from the document's. The whole word still comes first, so a document
+with the exact compound scores higher. This is jieba's ``cut_for_search`` idea, but with
+hierarchical decomposition instead of its 2/3-gram scan (see :func:`_subwords`).
 
 "precise": jieba's accurate mode only (fewer, longer tokens; higher precision, lower recall).
 """
@@ -60,8 +60,7 @@ its segmentation depends on the characters around it, so a query could miss the 
 MAX_LATIN_TOKEN_CHARS = 64
 """Longer latin "words" (base64, hashes, glued junk) are dropped: they never match a query."""
 
-_SUBWORD_MIN_FREQ = 1  # sub-words must be real dictionary words (jieba stores prefixes with freq 0)
-_USER_WORD_MIN_FREQ = 2000  # floor for user words without a frequency: robust to neighbours
+_CACHED_RUN_CHARS = 64  # longer CJK runs are segmented without the cache (rarely repeat, big keys)
 
 # CJK unified ideographs (+ extension A, compatibility block, extensions B-F). Kana, Hangul,
 # Greek etc. go down the "latin" path: lowercase, no stemming effect.
@@ -166,34 +165,65 @@ def _segmenter():
                 tok = jieba.Tokenizer()
                 tok.initialize()
                 for word, freq in user_dictionary():
-                    if freq is None:
-                        freq = max(tok.suggest_freq(word, False), _USER_WORD_MIN_FREQ)
+                    # no frequency: jieba's suggestion, just enough to beat the word's own split.
+                    # A high fixed frequency makes words steal characters (细胞药物 in 干细胞药物).
                     tok.add_word(word, freq)
                 _jieba = tok
     return _jieba
 
 
 @lru_cache(maxsize=65536)
-def _segment(run: str, mode: str, hmm: bool) -> tuple[str, ...]:
-    """Tokens of one run of CJK characters (already Simplified): jieba words, sub-words, no stop words.
+def _subwords(word: str) -> tuple[str, ...]:
+    """Dictionary words inside ``word`` (len > 2), outermost first, by recursive re-segmentation.
 
-    Cached (mode and hmm are in the key so changing the module defaults takes effect):
-    headings, boilerplate and query words repeat a lot.
+    The word is segmented again with the whole-word reading forbidden (jieba's DAG minus the
+    full-length edge), and each piece of 2+ characters is emitted and decomposed in turn:
+    上海市人民政府 -> 上海市, 上海, 人民政府, 人民, 政府. Unlike jieba's ``cut_for_search``
+    (every 2- and 3-gram that happens to be a word) this yields no straddling pieces such as
+    海市 or 民政, which would make 民政 (civil affairs) match every 人民政府.
     """
     tok = _segmenter()
+    n = len(word)
+    dag = tok.get_DAG(word)
+    dag[0] = [k for k in dag[0] if k != n - 1] or [0]
+    route: dict = {}
+    tok.calc(word, dag, route)
+    out: list[str] = []
+    i = 0
+    while i < n:
+        j = route[i][1] + 1
+        piece = word[i:j]
+        if len(piece) > 1:
+            out.append(piece)
+            if len(piece) > 2:
+                out.extend(_subwords(piece))
+        i = j
+    return tuple(out)
+
+
+def _segment(run: str, mode: str, hmm: bool) -> tuple[str, ...]:
+    """Tokens of one run of CJK characters (already Simplified): jieba words, sub-words, no stop words."""
+    if len(run) <= _CACHED_RUN_CHARS:
+        return _segment_cached(run, mode, hmm)
+    return _segment_run(run, mode, hmm)
+
+
+@lru_cache(maxsize=65536)
+def _segment_cached(run: str, mode: str, hmm: bool) -> tuple[str, ...]:
+    # mode and hmm are in the key so changing the module defaults takes effect;
+    # headings, boilerplate and query words repeat a lot
+    return _segment_run(run, mode, hmm)
+
+
+def _segment_run(run: str, mode: str, hmm: bool) -> tuple[str, ...]:
+    tok = _segmenter()
     stop = chinese_stopwords()
-    freq = tok.FREQ
     out: list[str] = []
     for word in tok.cut(run, HMM=hmm):
         if word not in stop:
             out.append(word)
-        n = len(word)
-        if mode == "search" and n > 2:
-            for size in range(n - 1, 1, -1):
-                for i in range(n - size + 1):
-                    sub = word[i : i + size]
-                    if freq.get(sub, 0) >= _SUBWORD_MIN_FREQ and sub not in stop:
-                        out.append(sub)
+        if mode == "search" and len(word) > 2:
+            out.extend(w for w in _subwords(word) if w not in stop)
     return tuple(out)
 
 

@@ -20,6 +20,7 @@ import os
 import shutil
 import time
 import uuid
+from functools import lru_cache
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -29,7 +30,7 @@ from filelock import FileLock, Timeout
 
 from corpus.chunking import chunk_document
 from corpus.models import Chunk, Document
-from index.analysers import tokenize_many
+from index.analysers import analyser_fingerprint, tokenize_many
 from index.bm25 import BM25Index
 from index.vectors import VectorIndex
 
@@ -44,6 +45,29 @@ class IndexLoadError(RuntimeError):
 
 class IndexBusyError(RuntimeError):
     """Another process is writing the index."""
+
+
+@lru_cache(maxsize=1)
+def pipeline_fingerprint() -> str:
+    """Identifies the code and data that turn documents into chunks and tokens.
+
+    Part of the manifest's settings, so a change to the chunker, the gazetteer or the
+    analysers makes the index stale (embeddings are still reused from the cache).
+    """
+    import corpus
+
+    h = hashlib.sha256(analyser_fingerprint().encode())
+    root = Path(corpus.__file__).parent
+    for p in sorted([*root.glob("*.py"), *(root / "data").glob("*")]):
+        if p.is_file():
+            h.update(p.name.encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def index_settings(settings) -> dict:
+    """Everything that, when changed, makes a built index stale."""
+    return {**settings.index_affecting(), "pipeline": pipeline_fingerprint()}
 
 
 def corpus_fingerprint(documents: Sequence[Document], index_settings: dict) -> str:
@@ -170,8 +194,8 @@ def build_index(
             "documents": len(documents),
             "chunks": len(chunks),
             "vector_index": "hnsw" if len(chunks) > settings.hnsw_threshold else "flat",
-            "corpus_fingerprint": corpus_fingerprint(documents, settings.index_affecting()),
-            "settings": settings.index_affecting(),
+            "corpus_fingerprint": corpus_fingerprint(documents, index_settings(settings)),
+            "settings": index_settings(settings),
             "files": files,
         }
         with open(tmp / MANIFEST, "w", encoding="utf-8") as f:
@@ -242,11 +266,11 @@ def stale_reason(root: Path, documents: Sequence[Document], settings, model_id: 
         return "no index has been built yet"
     if manifest.get("schema_version") != SCHEMA_VERSION:
         return f"index schema {manifest.get('schema_version')} != {SCHEMA_VERSION}"
-    if manifest.get("settings") != settings.index_affecting():
-        return "index settings changed"
+    if manifest.get("settings") != index_settings(settings):
+        return "index settings or the analysis pipeline changed"
     if model_id is not None and manifest.get("embedder", {}).get("model_id") != model_id:
         return "embedder changed"
-    if manifest.get("corpus_fingerprint") != corpus_fingerprint(documents, settings.index_affecting()):
+    if manifest.get("corpus_fingerprint") != corpus_fingerprint(documents, index_settings(settings)):
         return "documents changed"
     return None
 
