@@ -1,0 +1,435 @@
+"""OpenAI-compatible chat endpoint, so chat front ends can use Qiao as a "model".
+
+* ``GET /v1/models``, ``GET /v1/models/{model}``: the one model, ``qiao``.
+* ``POST /v1/chat/completions``: the last user message is answered by the ``/ask`` pipeline.
+  Earlier turns are used only to resolve a short follow-up ("and in Beijing?", "那上海呢？") by
+  carrying over the previous question's topic (:func:`resolve_question`); system prompts are
+  ignored (Qiao answers from its documents, not from instructions). The reply keeps the answer's
+  ``[n]`` markers and ends with a sources list (title, source file, date, quote); the structured
+  citations are returned in the extra top-level field ``citations`` (on the final chunk when
+  streaming), with ``answerable`` and ``question`` (the question actually asked).
+  ``"stream": true`` gives server-sent events in the ``chat.completion.chunk`` format, ending
+  with ``data: [DONE]``.
+* Qiao extras in the body (``extra_body`` in the openai client): ``k`` (evidence passages) and
+  ``filters`` (the facet filters of ``/search``).
+* Every error of these routes has the OpenAI shape
+  ``{"error": {"message", "type", "param", "code"}}``; the body is validated here, so FastAPI's
+  own 422 shape never appears under ``/v1`` and the other routes keep theirs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import get_service
+from api.schemas import MAX_QUERY_CHARS, SearchFilters
+from api.service import QiaoService
+from corpus.gazetteer import find_region_mentions, get_region
+from corpus.lang import cjk_count, detect_lang
+
+MODEL_ID = "qiao"
+ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+DEFAULT_K = 8
+MAX_K = 100
+TITLE_CHARS = 90
+_CREATED = int(time.time())
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+class OpenAIError(Exception):
+    """An error answered in the OpenAI shape."""
+
+    def __init__(self, message: str, status: int = 400, param: str | None = None, code: str | None = None, type: str = "invalid_request_error"):
+        super().__init__(message)
+        self.message, self.status, self.param, self.code, self.type = message, status, param, code, type
+
+    def response(self) -> JSONResponse:
+        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return JSONResponse(body, status_code=self.status)
+
+
+# --- request parsing -----------------------------------------------------------------------------
+
+
+@dataclass
+class ChatRequest:
+    model: str
+    messages: list[tuple[str, str]]  # (role, text)
+    stream: bool
+    k: int
+    filters: SearchFilters
+
+
+def _content_text(content: Any, role: str, i: int) -> str:
+    """Text of one message's ``content``: a string or an array of ``{"type": "text", "text": ...}`` parts."""
+    param = f"messages[{i}].content"
+    if isinstance(content, str):
+        return content
+    if content is None and role in ("assistant", "tool", "function"):
+        return ""  # e.g. an assistant turn that only carried tool calls
+    if isinstance(content, list):
+        texts = []
+        for j, part in enumerate(content):
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise OpenAIError(
+                    f"{param}[{j}] is a {kind!r} part: only text content is supported (a string or text parts)",
+                    param=f"{param}[{j}]", code="unsupported_content",
+                )
+            texts.append(part["text"])
+        return "\n".join(texts)
+    got = "null" if content is None else type(content).__name__
+    raise OpenAIError(f"{param} must be a string or an array of text parts, not {got}", param=param, code="invalid_type")
+
+
+def parse_chat_request(body: Any, max_chars: int = MAX_QUERY_CHARS) -> ChatRequest:
+    """Validate a ``/v1/chat/completions`` body; raises :class:`OpenAIError` with the offending ``param``."""
+    if not isinstance(body, dict):
+        raise OpenAIError("the request body must be a JSON object", code="invalid_type")
+    model = body.get("model", MODEL_ID)
+    if not isinstance(model, str) or not model.strip():
+        raise OpenAIError("model must be a non-empty string", param="model", code="invalid_type")
+    if model != MODEL_ID:
+        raise OpenAIError(
+            f"The model `{model}` does not exist: this server offers `{MODEL_ID}` (see GET /v1/models)",
+            status=404, param="model", code="model_not_found",
+        )
+    stream = body.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise OpenAIError("stream must be true or false", param="stream", code="invalid_type")
+    n = body.get("n", 1)
+    if n not in (None, 1) or isinstance(n, bool):
+        raise OpenAIError("only n=1 is supported: Qiao gives one answer per question", param="n", code="unsupported_value")
+    k = body.get("k", DEFAULT_K)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+        raise OpenAIError(f"k must be an integer from 1 to {MAX_K}", param="k", code="invalid_value")
+    try:
+        filters = SearchFilters.model_validate(body.get("filters") or {})
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        loc = ".".join(str(x) for x in ("filters", *e["loc"]))
+        raise OpenAIError(f"{loc}: {e['msg']}", param=loc, code="invalid_value") from None
+
+    raw = body.get("messages")
+    if raw is None:
+        raise OpenAIError("messages is required: an array of {role, content} objects", param="messages", code="missing_required_parameter")
+    if not isinstance(raw, list):
+        raise OpenAIError("messages must be an array of {role, content} objects", param="messages", code="invalid_type")
+    if not raw:
+        raise OpenAIError("messages must contain at least one message", param="messages", code="empty_array")
+    messages: list[tuple[str, str]] = []
+    for i, m in enumerate(raw):
+        if not isinstance(m, dict):
+            raise OpenAIError(f"messages[{i}] must be an object with role and content", param=f"messages[{i}]", code="invalid_type")
+        role = m.get("role")
+        if role not in ROLES:
+            raise OpenAIError(
+                f"messages[{i}].role is {role!r}: use one of {', '.join(ROLES[:5])}", param=f"messages[{i}].role", code="invalid_value"
+            )
+        if "content" not in m and role in ("system", "developer", "user"):
+            raise OpenAIError(f"messages[{i}].content is required", param=f"messages[{i}].content", code="missing_required_parameter")
+        messages.append((role, _content_text(m.get("content"), role, i)))
+
+    last_role, last = messages[-1]
+    param = f"messages[{len(messages) - 1}]"
+    if last_role != "user":
+        raise OpenAIError(f"the last message must come from the user (it has role {last_role!r}): Qiao answers the last user question", param=f"{param}.role", code="invalid_value")
+    if not last.strip():
+        raise OpenAIError("the last user message is empty: ask a question", param=f"{param}.content", code="invalid_value")
+    if len(last) > max_chars:
+        raise OpenAIError(f"the last user message is {len(last)} characters; the limit is {max_chars}: shorten it", param=f"{param}.content", code="string_above_max_length")
+    if "\x00" in last:
+        raise OpenAIError("the last user message must not contain NUL characters", param=f"{param}.content", code="invalid_value")
+    return ChatRequest(model=model, messages=messages, stream=stream, k=k, filters=filters)
+
+
+# --- follow-up resolution -----------------------------------------------------------------------
+
+_EN_FOLLOW_RE = re.compile(
+    r"^\s*(?:and\s+(?:what|how)\s+about|what\s+about|how\s+about|what\s+of|and\s+also|and\s+for|same\s+(?:question\s+)?for|and|also|or)\b[\s,:]*",
+    re.IGNORECASE,
+)
+# 那 on its own ("那上海呢") but not 那些/那个/那里... ("those", "that one", "there").
+_ZH_FOLLOW_RE = re.compile(r"^\s*(?:那么|那麼|那(?![些个個里裡边邊样樣种種位])|还有|還有|另外|以及|至于|至於|换成|換成|如果是|那如果是)[\s，,：:]*")
+_ZH_TAIL_RE = re.compile(r"[\s？?！!。.，,]*(?:呢|的情况呢|的情況呢|怎么样|怎麼樣|如何)[\s？?！!。.]*$")
+_TRAIL_PUNCT_RE = re.compile(r"[\s？?！!。.，,]+$")
+_EN_MAX_WORDS = 6
+_ZH_MAX_CHARS = 15
+
+
+def follow_up_rest(text: str) -> str | None:
+    """The new part of a short follow-up ("and in Beijing?" -> "in Beijing"), or None if ``text`` is not one.
+
+    A follow-up is short (at most 6 words / 15 Chinese characters after its opening) and opens
+    with "and", "what about", "how about", "also", 那/那么/还有/另外/至于..., or is a bare Chinese
+    "X呢？".
+    """
+    s = text.strip()
+    m = _EN_FOLLOW_RE.match(s) or _ZH_FOLLOW_RE.match(s)
+    zh_tail = _ZH_TAIL_RE.search(s)
+    if not m and not zh_tail:
+        return None
+    rest = s[m.end() :] if m else s
+    rest = _ZH_TAIL_RE.sub("", rest)
+    rest = _TRAIL_PUNCT_RE.sub("", rest).strip()
+    if not rest:
+        return None
+    cjk = cjk_count(rest)
+    if cjk:
+        if cjk > _ZH_MAX_CHARS:
+            return None
+    elif len(rest.split()) > _EN_MAX_WORDS:
+        return None
+    return rest
+
+
+def _region_name(key: str, surface: str, target_lang: str) -> str:
+    """The region as the user wrote it when the scripts agree, else its gazetteer name in ``target_lang``."""
+    if (cjk_count(surface) > 0) == (target_lang == "zh"):
+        return surface
+    r = get_region(key)
+    if r is None:
+        return surface
+    return r.zh_hans if target_lang == "zh" else r.en
+
+
+def carry_over(previous: str, rest: str) -> str:
+    """``previous`` question re-aimed by the follow-up part ``rest``.
+
+    If both name regions and ``previous`` names exactly one, its mentions are replaced by the new
+    region(s) ("When did Tianjin ...?" + "Beijing" -> "When did Beijing ...?"); otherwise ``rest``
+    is added to the previous question's topic ("... research?" + "in 2023" -> "... research in 2023?").
+    """
+    prev_lang = detect_lang(previous)
+    new = find_region_mentions(rest)
+    old = find_region_mentions(previous)
+    if new and old and len({key for _, _, key in old}) == 1:
+        names = list(dict.fromkeys(_region_name(key, rest[s:e], prev_lang) for s, e, key in new))
+        joined = ("和" if prev_lang == "zh" else " and ").join(names)
+        out, pos = [], 0
+        for s, e, _ in old:
+            out.append(previous[pos:s])
+            out.append(joined)
+            pos = e
+        out.append(previous[pos:])
+        return "".join(out)
+    m = _TRAIL_PUNCT_RE.search(previous)
+    core, end = (previous[: m.start()], previous[m.start() :].strip()) if m else (previous, "")
+    sep = "" if (cjk_count(core[-1:]) and cjk_count(rest[:1])) else " "
+    return f"{core}{sep}{rest}{end}"
+
+
+def resolve_question(messages: list[tuple[str, str]]) -> str:
+    """The question to answer: the last user message, with a follow-up resolved against earlier user turns.
+
+    Each user turn is resolved in order, so a chain of follow-ups keeps the original topic.
+    Assistant, system and tool turns are not used.
+    """
+    resolved: str | None = None
+    for role, text in messages:
+        if role != "user" or not text.strip():
+            continue
+        rest = follow_up_rest(text) if resolved else None
+        resolved = carry_over(resolved, rest) if rest else text.strip()
+    assert resolved is not None  # parse_chat_request guarantees a final user message
+    return resolved
+
+
+# --- the answer as chat text -------------------------------------------------------------------------
+
+
+def _get(obj: Any, name: str, default=None):
+    return obj.get(name, default) if isinstance(obj, dict) else getattr(obj, name, default)
+
+
+def sources_heading(lang: str, question: str) -> str:
+    if lang != "zh":
+        return "Sources:"
+    from qa.question import chinese_script
+
+    return "來源：" if chinese_script(question) == "hant" else "来源："
+
+
+def render_content(answer, question: str) -> str:
+    """The chat reply: the answer (``[n]`` markers kept), then one ``- [n] title — source, date: “quote”`` line per citation."""
+    text = str(_get(answer, "answer", "")).rstrip()
+    citations = _get(answer, "citations") or []
+    if not citations:
+        return text
+    lang = _get(answer, "lang") or detect_lang(question)
+    lines = []
+    for c in citations:
+        where = ", ".join(str(x) for x in (_get(c, "source"), _get(c, "date")) if x)
+        quote = " ".join(str(_get(c, "quote", "")).split())
+        title = " ".join(str(_get(c, "title", "")).split())
+        if len(title) > TITLE_CHARS:  # some titles are a whole first paragraph; the full one is in `citations`
+            title = title[: TITLE_CHARS - 1].rstrip() + "…"
+        lines.append(f"- [{_get(c, 'id')}] {title} — {where}: “{quote}”")
+    return f"{text}\n\n{sources_heading(lang, question)}\n" + "\n".join(lines)
+
+
+def _citations_json(answer) -> list[dict]:
+    return [c.to_dict() if hasattr(c, "to_dict") else dict(c) for c in (_get(answer, "citations") or [])]
+
+
+def split_for_stream(text: str, size: int = 24) -> list[str]:
+    """Pieces of ``text`` of about ``size`` characters, cut after whitespace where there is some; joined they are ``text``."""
+    pieces: list[str] = []
+    buf = ""
+    for tok in re.findall(r"\S+\s*|\s+", text):
+        while len(tok) > size:  # long runs without spaces (Chinese) are cut by length
+            if buf:
+                pieces.append(buf)
+                buf = ""
+            pieces.append(tok[:size])
+            tok = tok[size:]
+        if buf and len(buf) + len(tok) > size:
+            pieces.append(buf)
+            buf = ""
+        buf += tok
+    if buf:
+        pieces.append(buf)
+    return pieces
+
+
+# --- running the /ask pipeline ---------------------------------------------------------------------
+
+
+def _ask(service: QiaoService, snap, question: str, k: int, filters: SearchFilters):
+    """The ``/ask`` pipeline's :class:`qa.models.Answer` for ``question`` over snapshot ``snap``."""
+    from qa.pipeline import engine_for  # the qa layer owns the pipeline; this route only calls it
+
+    return engine_for(snap, service.settings).ask(question, k=k, filters=filters.to_filters())
+
+
+# --- routes -------------------------------------------------------------------------------------------
+
+_MODEL_CARD = {"id": MODEL_ID, "object": "model", "created": _CREATED, "owned_by": "qiao"}
+
+_CHAT_BODY_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["messages"],
+                    "properties": {
+                        "model": {"type": "string", "default": MODEL_ID},
+                        "messages": {
+                            "type": "array",
+                            "minItems": 1,
+                            "items": {
+                                "type": "object",
+                                "required": ["role", "content"],
+                                "properties": {
+                                    "role": {"type": "string", "enum": list(ROLES[:5])},
+                                    "content": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]},
+                                },
+                            },
+                        },
+                        "stream": {"type": "boolean", "default": False},
+                        "k": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": DEFAULT_K, "description": "Qiao: passages of evidence"},
+                        "filters": {"type": "object", "description": "Qiao: the facet filters of POST /search"},
+                    },
+                },
+                "example": {"model": MODEL_ID, "messages": [{"role": "user", "content": "Which regions support stem cell clinical research?"}]},
+            }
+        },
+    }
+}
+
+
+@router.get("/models")
+def list_models():
+    return {"object": "list", "data": [_MODEL_CARD]}
+
+
+@router.get("/models/{model}")
+def get_model(model: str):
+    if model != MODEL_ID:
+        return OpenAIError(f"The model `{model}` does not exist: this server offers `{MODEL_ID}`", status=404, param="model", code="model_not_found").response()
+    return _MODEL_CARD
+
+
+@router.post("/chat/completions", openapi_extra=_CHAT_BODY_DOC)
+async def chat_completions(request: Request, service: QiaoService = Depends(get_service)):
+    """Answer the last user message with citations, in the OpenAI chat format (``stream`` supported)."""
+    try:
+        raw = await request.body()
+        try:
+            body = json.loads(raw) if raw else None
+        except (ValueError, UnicodeDecodeError):
+            raise OpenAIError("the request body is not valid JSON", code="invalid_json") from None
+        if body is None:
+            raise OpenAIError("the request body is empty: send a JSON object with messages", code="invalid_json")
+        req = parse_chat_request(body, getattr(service.settings, "max_query_chars", MAX_QUERY_CHARS))
+        snap = service.snapshot
+        if snap is None:
+            detail = service.load_error or "no index is loaded"
+            raise OpenAIError(f"{detail} (build it with `qiao index`)", status=503, type="server_error", code="index_unavailable")
+        for d in req.filters.doc_id or ():
+            if d not in snap.index.documents:
+                raise OpenAIError(f"unknown doc_id {d!r} in filters: list documents with GET /documents", status=404, param="filters.doc_id", code="not_found")
+        question = resolve_question(req.messages)
+        try:
+            answer = await run_in_threadpool(_ask, service, snap, question, req.k, req.filters)
+        except Exception as exc:  # noqa: BLE001 - answered in the OpenAI shape rather than a bare 500
+            raise OpenAIError(f"the answer pipeline failed: {type(exc).__name__}: {exc}", status=500, type="server_error") from exc
+    except OpenAIError as exc:
+        return exc.response()
+
+    content = render_content(answer, question)
+    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+    created = int(time.time())
+    fingerprint = snap.index.manifest.get("build_id")
+    extras = {"citations": _citations_json(answer), "answerable": bool(_get(answer, "answerable", False)), "question": question}
+    if not req.stream:
+        return {
+            "id": completion_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": req.model,
+            "system_fingerprint": fingerprint,
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": content, "refusal": None}, "finish_reason": "stop", "logprobs": None}
+            ],
+            **extras,
+        }
+
+    def chunk(delta: dict, finish: str | None = None, **extra) -> str:
+        payload = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": req.model,
+            "system_fingerprint": fingerprint,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+            **extra,
+        }
+        return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+    def events() -> Iterator[str]:
+        yield chunk({"role": "assistant", "content": ""})
+        for piece in split_for_stream(content):
+            yield chunk({"content": piece})
+        yield chunk({}, "stop", **extras)
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
