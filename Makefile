@@ -35,12 +35,12 @@ index: install
 run: index
 	$(BIN)/qiao serve --host $(HOST) --port $(PORT)
 
-# The browser test drives Debian's chromium; install it when it is missing.
+# The browser test drives Debian's chromium; install it (and a CJK font for legible screenshots) when it is missing.
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { \
 		echo "installing chromium (apt)"; \
 		if [ "$$(id -u)" = 0 ]; then APT=apt-get; else APT="sudo apt-get"; fi; \
-		$$APT update -qq && DEBIAN_FRONTEND=noninteractive $$APT install -y -qq chromium >/dev/null; }
+		$$APT update -qq && DEBIAN_FRONTEND=noninteractive $$APT install -y -qq chromium fonts-wqy-microhei >/dev/null; }
 
 test: install-test chromium
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q

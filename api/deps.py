@@ -12,6 +12,7 @@ def get_service() -> QiaoService:  # replaced by create_app through dependency_o
 
 
 def get_snapshot(service: QiaoService = Depends(get_service)) -> Snapshot:
+    service.refresh()  # pick up an index switched by another process (qiao add / remove / index)
     snap = service.snapshot
     if snap is None:
         detail = service.load_error or "no index is loaded"

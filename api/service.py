@@ -2,18 +2,41 @@
 
 The index and retriever are swapped together as one immutable snapshot, so a
 request always sees a consistent pair while a rebuild swaps in a new one.
+
+Managed documents: the indexed set is the corpus directory minus the documents
+the user deleted, plus the uploaded ones (:mod:`api.doc_store`). ``add_documents``,
+``remove_document`` and ``reindex`` rebuild the index aside (only new or changed
+passages are embedded: the embedding cache holds the rest) and swap it in; a
+failed update leaves the index, the store and the serving snapshot untouched.
 """
 
 from __future__ import annotations
 
+import json
 import threading
-from dataclasses import dataclass
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from corpus.loader import LoadResult, load_documents
+from filelock import Timeout
+
+from api.doc_store import DocumentStore
+from corpus.extract import Extracted, extract
+from corpus.loader import DocumentError, LoadResult, load_documents
+from corpus.models import Document
 from index.embedders import CachedEmbedder, make_embedder
-from index.store import BuildReport, IndexLoadError, LoadedIndex, build_index, load_index, stale_reason
+from index.store import (
+    BuildReport,
+    IndexBusyError,
+    IndexLoadError,
+    LoadedIndex,
+    build_index,
+    current_build,
+    load_index,
+    stale_reason,
+)
 from retriever.hybrid import HybridRetriever
 
 
@@ -23,9 +46,86 @@ class Snapshot:
     retriever: HybridRetriever
 
 
+def document_store(settings) -> DocumentStore:
+    """Uploaded documents and deletions live under ``data_dir / "documents"``."""
+    return DocumentStore(Path(settings.data_dir) / "documents")
+
+
+def current_doc_ids(index_dir: Path) -> set[str] | None:
+    """doc_ids of the index ``current`` points to, or None when there is none (or it is unreadable)."""
+    build = current_build(Path(index_dir))
+    if build is None:
+        return None
+    try:
+        with open(build / "documents.jsonl", encoding="utf-8") as f:
+            return {json.loads(line)["doc_id"] for line in f if line.strip()}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def corpus_documents(settings) -> LoadResult:
+    """The documents of the corpus directory as they are on disk (no deletions applied)."""
+    try:
+        return load_documents(Path(settings.corpus_dir))
+    except DocumentError as exc:  # a missing corpus dir still leaves the uploaded documents
+        return LoadResult(errors=[exc])
+
+
 def collect_documents(settings) -> LoadResult:
-    """All documents of the corpus directory (bad files are reported in ``errors``, the rest load)."""
-    return load_documents(Path(settings.corpus_dir))
+    """Every document Qiao should index: the corpus directory minus the ones the user deleted,
+    then the uploaded ones. Bad files are reported in ``errors``; the rest load."""
+    store = document_store(settings)
+    corpus = corpus_documents(settings)
+    result = LoadResult(errors=list(corpus.errors))
+    try:
+        deleted = store.deleted()
+    except DocumentError as exc:
+        result.errors.append(exc)
+        deleted = {}
+    seen: set[str] = set()
+    for doc in corpus.documents:
+        if doc.doc_id not in deleted:
+            result.documents.append(doc)
+            seen.add(doc.doc_id)
+    uploaded = store.uploaded()
+    result.errors.extend(uploaded.errors)
+    for doc in uploaded.documents:
+        if doc.doc_id not in seen:  # the same text also sits in the corpus directory
+            result.documents.append(doc)
+            seen.add(doc.doc_id)
+    return result
+
+
+class DuplicateDocumentError(DocumentError):
+    """The uploaded file's text is already indexed (as ``existing``)."""
+
+    def __init__(self, source: str, existing: Document):
+        self.existing = existing
+        super().__init__(source, f"same content as the indexed document {existing.doc_id} ({existing.source}); not added again")
+
+
+class UnknownDocumentError(KeyError):
+    """No indexed document has this doc_id."""
+
+
+class UpdateError(RuntimeError):
+    """Rebuilding the index failed; the current index and documents are unchanged."""
+
+
+class LastDocumentError(ValueError):
+    """Removing this document would leave the index empty."""
+
+
+@dataclass
+class UpdateReport:
+    """What an add / remove / reindex did. ``documents``: metadata of the added or removed documents."""
+
+    action: str
+    documents: list[dict]
+    build: BuildReport
+    total_documents: int
+    total_chunks: int
+    warnings: list[str] = field(default_factory=list)
 
 
 class QiaoService:
@@ -35,6 +135,8 @@ class QiaoService:
         self._embedder_lock = threading.Lock()
         self._snapshot: Snapshot | None = None
         self.load_error: str | None = None
+        self._write_lock = threading.Lock()  # one document update at a time in this process
+        self.store = document_store(settings)
 
     @property
     def embedder(self) -> CachedEmbedder:
@@ -62,6 +164,10 @@ class QiaoService:
 
     def try_load(self) -> Snapshot | None:
         try:
+            self.recover()
+        except (OSError, DocumentError):
+            pass  # the store stays as it is; updates will try again
+        try:
             return self.load()
         except IndexLoadError:
             return None
@@ -73,3 +179,170 @@ class QiaoService:
         report = build_index(documents, self.embedder, self.settings.index_dir, self.settings, progress=progress, log=log, **kw)
         self.load()
         return report
+
+    def refresh(self) -> bool:
+        """Serve the current build if another process (``qiao add`` / ``qiao remove`` / ``qiao index``)
+        switched the index since this one was loaded. Cheap when nothing changed (one readlink).
+        Returns True when a new snapshot was loaded."""
+        build = current_build(self.settings.index_dir)
+        snap = self._snapshot
+        if build is None or (snap is not None and Path(snap.index.path).resolve() == build.resolve()):
+            return False
+        if build.resolve() == getattr(self, "_failed_build", None):
+            return False  # already found unloadable: don't re-verify it on every request
+        if not self._write_lock.acquire(blocking=False):  # an update in this process will load it itself
+            return False
+        try:
+            self.load()
+            return True
+        except IndexLoadError:
+            self._failed_build = build.resolve()
+            return False  # keep serving what we have
+        finally:
+            self._write_lock.release()
+
+    # --- managed documents --------------------------------------------------------
+    #
+    # Every update: take the writer locks, compute the new document set from disk,
+    # stage the store change, build a new index aside (store.py swaps it in
+    # atomically), commit the staged change, then swap the serving snapshot.
+    # Searches keep using the old snapshot until that last step; any failure before
+    # the index swap discards the staged files and leaves everything as it was.
+
+    @contextmanager
+    def _locked(self, timeout: float):
+        """Hold this process's write lock and the store's file lock (other processes: ``qiao add``)."""
+        if not self._write_lock.acquire(timeout=timeout):
+            raise IndexBusyError("another document update is in progress; try again when it finishes")
+        try:
+            file_lock = self.store.lock(timeout)
+            try:
+                file_lock.acquire()
+            except Timeout:
+                raise IndexBusyError("another process is updating the documents; try again when it finishes") from None
+            try:
+                self._recover_store()
+                self.store.cleanup()
+                yield
+            finally:
+                file_lock.release()
+        finally:
+            self._write_lock.release()
+
+    def _recover_store(self) -> str | None:
+        """Finish (or undo) a document update a crash interrupted, judged by the index now current.
+        Call with the store lock held."""
+        return self.store.recover(current_doc_ids(self.settings.index_dir))
+
+    def recover(self) -> str | None:
+        """Run :meth:`_recover_store` if no writer (in any process) is busy; used at startup."""
+        if not self.store.has_journal():
+            return None
+        if not self._write_lock.acquire(blocking=False):
+            return None
+        try:
+            lock = self.store.lock(0)
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                return None  # a live writer owns the journal
+            try:
+                return self._recover_store()
+            finally:
+                lock.release()
+        finally:
+            self._write_lock.release()
+
+    def _rebuild(self, documents: list[Document], change, **build_kw) -> BuildReport:
+        """Build the index for ``documents``, then commit ``change`` and swap the snapshot."""
+        if not documents:
+            if change is not None:
+                self.store.discard(change)
+            raise LastDocumentError("the index must keep at least one document; add another before removing this one")
+        build_kw.setdefault("progress", False)
+        try:
+            report = build_index(documents, self.embedder, self.settings.index_dir, self.settings, **build_kw)
+        except IndexBusyError:
+            if change is not None:
+                self.store.discard(change)
+            raise
+        except Exception as exc:
+            if change is not None:
+                self.store.discard(change)
+            raise UpdateError(f"rebuilding the index failed ({type(exc).__name__}: {exc}); the current index is unchanged") from exc
+        if change is not None:
+            self.store.commit(change)
+        self.load()
+        return report
+
+    def _chunks_of(self, doc_ids: list[str]) -> dict[str, int]:
+        snap = self._snapshot
+        if snap is None:
+            return {d: 0 for d in doc_ids}
+        return {d: int((snap.index.chunk_doc == d).sum()) for d in doc_ids}
+
+    def _report(self, action: str, docs: list[Document], build: BuildReport, warnings: list[str], chunks: dict[str, int]) -> UpdateReport:
+        metas = []
+        for d in docs:
+            m = d.metadata()
+            m["chunks"] = chunks.get(d.doc_id, 0)
+            metas.append(m)
+        return UpdateReport(action, metas, build, build.documents, build.chunks, warnings)
+
+    def extract_uploads(self, files: list[tuple[str, bytes]]) -> list[tuple[Document, Extracted]]:
+        """Extract and validate uploaded files (``(filename, bytes)`` pairs); the first bad one raises
+        :class:`DocumentError` naming it. Nothing is stored."""
+        items: list[tuple[Document, Extracted]] = []
+        seen: dict[str, Document] = {}
+        for name, data in files:
+            ex = extract(data, name)
+            doc = ex.to_document()
+            if doc.doc_id in seen:
+                raise DuplicateDocumentError(ex.source, seen[doc.doc_id])
+            seen[doc.doc_id] = doc
+            items.append((doc, ex))
+        return items
+
+    def add_documents(self, files: list[tuple[str, bytes]], lock_timeout: float = 600, **build_kw) -> UpdateReport:
+        """Store and index uploaded files. Raises DocumentError (bad file), DuplicateDocumentError,
+        IndexBusyError or UpdateError; on any of them nothing changed."""
+        t0 = time.perf_counter()
+        items = self.extract_uploads(files)
+        if not items:
+            raise DocumentError("(no files)", "no files were uploaded")
+        with self._locked(lock_timeout):
+            current = collect_documents(self.settings)
+            by_id = {d.doc_id: d for d in current.documents}
+            for doc, ex in items:
+                if doc.doc_id in by_id:
+                    raise DuplicateDocumentError(ex.source, by_id[doc.doc_id])
+            change = self.store.stage_add(items)
+            added = [d for d, _ in items]
+            report = self._rebuild(current.documents + added, change, **build_kw)
+            chunks = self._chunks_of([d.doc_id for d in added])
+        report.seconds = time.perf_counter() - t0
+        return self._report("add", added, report, [str(e) for e in current.errors], chunks)
+
+    def remove_document(self, doc_id: str, lock_timeout: float = 600, **build_kw) -> UpdateReport:
+        """Remove a document (uploaded or from the corpus directory) and rebuild the index.
+        Raises UnknownDocumentError, IndexBusyError or UpdateError; on any of them nothing changed."""
+        t0 = time.perf_counter()
+        with self._locked(lock_timeout):
+            current = collect_documents(self.settings)
+            doc = next((d for d in current.documents if d.doc_id == doc_id), None)
+            if doc is None:
+                raise UnknownDocumentError(doc_id)
+            in_corpus = any(d.doc_id == doc_id for d in corpus_documents(self.settings).documents)
+            change = self.store.stage_remove(doc, from_corpus=in_corpus)
+            remaining = [d for d in current.documents if d.doc_id != doc_id]
+            chunks = self._chunks_of([doc_id])  # as indexed until now
+            report = self._rebuild(remaining, change, **build_kw)
+        report.seconds = time.perf_counter() - t0
+        return self._report("remove", [doc], report, [str(e) for e in current.errors], chunks)
+
+    def reindex(self, lock_timeout: float = 600, **build_kw) -> UpdateReport:
+        """Rebuild the index from the documents on disk (only new or changed chunks are embedded)."""
+        with self._locked(lock_timeout):
+            current = collect_documents(self.settings)
+            report = self._rebuild(current.documents, None, **build_kw)
+        return self._report("reindex", [], report, [str(e) for e in current.errors], {})
