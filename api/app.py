@@ -7,7 +7,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api.deps import get_service
+from api.routes_admin import router as admin_router
+from api.routes_ask import router as ask_router
 from api.routes_core import router as core_router
+from api.routes_openai import router as openai_router
+from api.routes_web import router as web_router
+from api.schemas import OpenAIErrorOut, error_responses
 from api.service import QiaoService
 from settings import Settings, get_settings
 
@@ -31,4 +36,8 @@ def create_app(settings: Settings | None = None, service: QiaoService | None = N
     app.state.service = service
     app.dependency_overrides[get_service] = lambda: service
     app.include_router(core_router)
+    app.include_router(ask_router, responses=error_responses(400, 404, 422, 503))  # POST /ask
+    app.include_router(openai_router, responses=error_responses(400, 404, 503, model=OpenAIErrorOut))  # OpenAI-compatible /v1/chat/completions, /v1/models
+    app.include_router(admin_router, responses=error_responses(400, 401, 403, 404, 409, 413, 415, 422, 503))
+    app.include_router(web_router)
     return app

@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 import textwrap
+from contextlib import contextmanager
 from pathlib import Path
 
 from settings import Settings
@@ -24,7 +25,14 @@ def _settings(args) -> Settings:
         overrides["corpus_dir"] = Path(args.corpus)
     if getattr(args, "data_dir", None):
         overrides["data_dir"] = Path(args.data_dir)
-    return Settings(**overrides)
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:  # a bad QIAO_* variable: name it on one line
+        first = exc.errors()[0]
+        name = "QIAO_" + "_".join(str(p) for p in first["loc"]).upper()
+        raise CLIError(f"invalid setting {name}={first.get('input')!r}: {first['msg']}") from None
 
 
 def _service(args):
@@ -45,12 +53,47 @@ def _loaded_service(args):
 
 
 def cmd_index(args) -> int:
-    from api.service import collect_documents
-
     service = _service(args)
     corpus_dir = Path(service.settings.corpus_dir)
     if not corpus_dir.is_dir():
         raise CLIError(f"corpus directory {corpus_dir} does not exist or is not a directory")
+    from corpus.loader import DocumentError
+
+    try:
+        service.recover()  # finish (or undo) a document update a crash interrupted, before reading the documents
+    except (OSError, DocumentError):
+        pass  # reported by the next update; the index is built from the store as it is
+    with _writer_lock(service):
+        if not service.store.has_journal():
+            service.store.cleanup()  # staged files of an update that never reached its journal
+        return _index_locked(args, service, corpus_dir)
+
+
+@contextmanager
+def _writer_lock(service, timeout: float = 600):
+    """Hold the document store's lock from reading the documents to switching the index, so an
+    upload or `qiao add` / `qiao remove` in another process cannot slip in between and be lost."""
+    from filelock import Timeout
+
+    lock = service.store.lock(timeout)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print("waiting for another update of the index to finish ...", file=sys.stderr)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise CLIError(f"another process is still updating the index after {timeout:.0f}s; try again later") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _index_locked(args, service, corpus_dir: Path) -> int:
+    from api.service import collect_documents
+    from index.store import IndexBusyError
+
     result = collect_documents(service.settings)
     for err in result.errors:
         print(f"warning: skipped {err}", file=sys.stderr)
@@ -62,7 +105,10 @@ def cmd_index(args) -> int:
             print(f"index is up to date ({len(result.documents)} documents) at {service.settings.index_dir}")
             return 0
         print(f"rebuilding index: {reason}", file=sys.stderr)
-    report = service.build(result.documents, progress=not args.quiet, log=lambda s: print(s, file=sys.stderr))
+    try:
+        report = service.build(result.documents, progress=not args.quiet, log=lambda s: print(s, file=sys.stderr))
+    except IndexBusyError as exc:
+        raise CLIError(str(exc)) from None
     print(
         f"indexed {report.documents} documents, {report.chunks} chunks ({report.embedded} embedded, "
         f"{report.chunks - report.embedded} from cache) in {report.seconds:.1f}s -> {report.path}"
@@ -125,6 +171,171 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def _update_error(exc: Exception) -> CLIError:
+    """One-line message for a failed add / remove (nothing was changed)."""
+    from api.service import LastDocumentError, UnknownDocumentError, UpdateError
+    from corpus.loader import DocumentError
+    from index.store import IndexBusyError
+
+    if isinstance(exc, UnknownDocumentError):
+        return CLIError(f"unknown doc_id {exc.args[0]!r}: list documents with `qiao search` --json or GET /documents")
+    if isinstance(exc, (DocumentError, LastDocumentError, IndexBusyError, UpdateError)):
+        return CLIError(f"{exc}; nothing was changed")
+    raise exc
+
+
+def cmd_add(args) -> int:
+    files = []
+    for name in args.files:
+        path = Path(name)
+        if path.exists() and not path.is_file() and not path.is_dir():  # a FIFO would block forever
+            raise CLIError(f"{name}: not a regular file (a pipe, socket or device)")
+        try:
+            files.append((path.name, path.read_bytes()))
+        except FileNotFoundError:
+            raise CLIError(f"{name}: file not found") from None
+        except IsADirectoryError:
+            raise CLIError(f"{name}: is a directory, give files") from None
+        except OSError as exc:
+            raise CLIError(f"{name}: cannot read ({exc.strerror or exc})") from None
+    service = _service(args)
+    limit = service.settings.max_upload_bytes
+    for (name, data), arg in zip(files, args.files):
+        if len(data) > limit:
+            raise CLIError(f"{arg}: {len(data)} bytes is over the upload limit of {limit} bytes (QIAO_MAX_UPLOAD_BYTES)")
+    try:
+        report = service.add_documents(files, progress=not args.quiet)
+    except Exception as exc:  # noqa: BLE001 - mapped to one line; unknown errors re-raise
+        raise _update_error(exc) from None
+    for d in report.documents:
+        print(f"added {d['source']} as {d['doc_id']} ({d['chunks']} chunks, {d['lang']}, {d['title'][:60]!r})")
+    print(f"index: {report.total_documents} documents, {report.total_chunks} chunks ({report.build.embedded} passages embedded)")
+    return 0
+
+
+def cmd_remove(args) -> int:
+    service = _service(args)
+    try:
+        report = service.remove_document(args.doc_id)
+    except Exception as exc:  # noqa: BLE001
+        raise _update_error(exc) from None
+    d = report.documents[0]
+    print(f"removed {d['doc_id']} ({d['source']}, {d['chunks']} chunks)")
+    print(f"index: {report.total_documents} documents, {report.total_chunks} chunks")
+    return 0
+
+
+def _ask_filters(args):
+    from api.schemas import SearchFilters
+
+    return _validated(
+        SearchFilters, lang=args.lang, region=args.region, date_from=args.date_from, date_to=args.date_to, doc_id=args.doc_id
+    )
+
+
+def cmd_ask(args) -> int:
+    from api.routes_ask import AskRequest
+    from qa.pipeline import engine_for
+
+    req = _validated(AskRequest, question=args.question, k=args.k, filters=_ask_filters(args))
+    service = _loaded_service(args)
+    snap = service.snapshot
+    for d in req.filters.doc_id or ():
+        if d not in snap.index.documents:
+            raise CLIError(f"unknown doc_id {d!r}")
+    answer = engine_for(snap, service.settings).ask(req.question, k=req.k, filters=req.filters.to_filters())
+    if args.json:
+        print(json.dumps(answer.to_dict(), ensure_ascii=False, indent=2))
+        return 0
+    print(answer.answer)
+    if answer.citations:
+        print()
+        for c in answer.citations:
+            quote = " ".join(c.quote.split())
+            print(f"[{c.id}] {c.source}  {c.date or '-'}  [{c.start}:{c.end}]")
+            print(textwrap.indent(textwrap.fill(quote, 100), "    "))
+    elif answer.hits:
+        print("\nnearest passages:")
+        for h in answer.hits[:3]:
+            _print_hit(h.to_dict())
+    return 0
+
+
+def cmd_eval_qa(args) -> int:
+    from qa.evaluate import DEFAULT_QUESTIONS, format_table, load_questions, run_eval
+    from qa.pipeline import engine_for
+
+    path = Path(args.questions) if args.questions else DEFAULT_QUESTIONS
+    try:
+        questions = load_questions(path)
+    except FileNotFoundError:
+        raise CLIError(f"{path}: file not found") from None
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    if not questions:
+        raise CLIError(f"{path}: no questions")
+    service = _loaded_service(args)
+    engine = engine_for(service.snapshot, service.settings)
+    engine.warm()  # latency is reported on warm caches
+    results, report = run_eval(engine, questions, k=args.k)
+    if args.json:
+        print(json.dumps({"report": report, "results": [r.to_dict() for r in results]}, ensure_ascii=False, indent=2))
+        return 0
+    print(f"{len(results)} questions from {path}, k={args.k}, abstention threshold {report['threshold']}")
+    print(format_table(report["summary"]))
+    lat, lat2, cal = report["latency_ms"], report["latency_ms_query_cached"], report["calibration"]
+    print(
+        f"latency: mean {lat['mean']} ms, p95 {lat['p95']} ms (question vector cached: mean {lat2['mean']} ms, "
+        f"p95 {lat2['p95']} ms); every marker has a citation: {report['markers_ok']}"
+    )
+    print(
+        f"calibration: best threshold {cal['threshold']} (accuracy {cal['accuracy']}); answerable min "
+        f"{cal['answerable']['min']} / median {cal['answerable']['median']}, unanswerable max "
+        f"{cal['unanswerable']['max']} / median {cal['unanswerable']['median']}"
+    )
+    if args.verbose:
+        for r in results:
+            flag = "ok " if r.abstention_ok and (r.answer_hit in (None, 1.0)) and (r.list_recall in (None, 1.0)) else "ERR"
+            print(f"{flag} {r.q.id} {r.answer.evidence_score:.3f} {r.q.question[:70]}  missing={r.missing_items}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    """Retrieval evaluation on BEIR datasets (eval/run.py): metrics per mode, table / JSON / report."""
+    from eval.beir import DatasetError, load_beir
+    from eval.report import text_table, write_report
+    from eval.run import evaluate
+    from retriever.models import MODES
+
+    modes = args.mode or ["bm25", "vector", "hybrid"]
+    for m in modes:
+        if m not in MODES:
+            raise CLIError(f"unknown mode {m!r}; use one of {', '.join(MODES)}")
+    if args.sample is not None and args.sample < 1:
+        raise CLIError("--sample must be at least 1")
+    try:
+        datasets = [load_beir(d, split=args.split) for d in args.dataset]
+    except DatasetError as exc:
+        raise CLIError(str(exc)) from None
+    settings = _settings(args)
+    progress = not args.quiet and not args.json and sys.stderr.isatty()
+    log = (lambda s: None) if args.json or args.quiet else (lambda s: print(s, file=sys.stderr))
+    results = [
+        evaluate(ds, settings, modes, sample=args.sample, e2e_sample=args.latency_sample, rebuild=args.rebuild,
+                 progress=progress, log=log)
+        for ds in datasets
+    ]
+    if args.report:
+        md = write_report(results, Path(args.report), command="qiao " + " ".join(sys.argv[1:]))
+        log(f"report written to {md} (+ {md.with_name('modes.png').name}, results.json)")
+    if args.json:
+        payload = [r.to_dict(per_query_results=args.per_query) for r in results]
+        print(json.dumps(payload[0] if len(payload) == 1 else payload, ensure_ascii=False, indent=2))
+        return 0
+    print("\n\n".join(text_table(r) for r in results))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="qiao", description="Qiao 桥: bilingual search and QA over your documents")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -153,6 +364,49 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host")
     s.add_argument("--port", type=int)
     s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("add", help="add documents (.txt, .md, .html, .pdf) and update the index")
+    s.add_argument("files", nargs="+", metavar="FILE")
+    s.add_argument("--corpus", help="corpus directory the index also holds (default: corpus/documents)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_add)
+
+    s = sub.add_parser("remove", help="remove a document by doc_id and update the index")
+    s.add_argument("doc_id")
+    s.add_argument("--corpus", help="corpus directory the index also holds (default: corpus/documents)")
+    s.set_defaults(func=cmd_remove)
+
+    s = sub.add_parser("ask", help="answer a question with exact citations")
+    s.add_argument("question")
+    s.add_argument("--k", type=int, default=8, help="evidence chunks (default 8)")
+    s.add_argument("--lang", action="append", help="en or zh (repeatable)")
+    s.add_argument("--region", action="append", help="region name in English or Chinese (repeatable)")
+    s.add_argument("--date-from")
+    s.add_argument("--date-to")
+    s.add_argument("--doc-id", action="append")
+    s.add_argument("--json", action="store_true", help="print the API's JSON")
+    s.set_defaults(func=cmd_ask)
+
+    s = sub.add_parser("eval-qa", help="score answers on the QA evaluation questions")
+    s.add_argument("--questions", help="JSONL file (default: eval/questions/seed_qa.jsonl)")
+    s.add_argument("--k", type=int, default=8)
+    s.add_argument("--json", action="store_true", help="full report and per-question results as JSON")
+    s.add_argument("--verbose", action="store_true", help="one line per question")
+    s.set_defaults(func=cmd_eval_qa)
+    s = sub.add_parser("eval", help="retrieval evaluation on a BEIR dataset (nDCG@10, recall, MRR, latency per mode)")
+    s.add_argument("--dataset", action="append", required=True, metavar="DIR",
+                   help="BEIR directory: corpus.jsonl, queries.jsonl, qrels/<split>.tsv (repeatable)")
+    s.add_argument("--mode", action="append", help="bm25, vector or hybrid (repeatable; default: all three)")
+    s.add_argument("--split", default="test", help="qrels file name under qrels/ (default: test)")
+    s.add_argument("--sample", type=int, help="evaluate a fixed seeded sample of N queries (default: all)")
+    s.add_argument("--latency-sample", type=int, default=100,
+                   help="queries also timed through search() with the query embedded (default 100; 0: skip)")
+    s.add_argument("--json", action="store_true", help="print the results as JSON")
+    s.add_argument("--per-query", action="store_true", help="with --json: include per-query metrics")
+    s.add_argument("--report", metavar="DIR", help="write report.md, modes.png and results.json to DIR")
+    s.add_argument("--rebuild", action="store_true", help="rebuild the eval index even if one exists")
+    s.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
+    s.set_defaults(func=cmd_eval)
     return p
 
 
@@ -170,8 +424,16 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - last resort: one line, not a traceback
         if args.debug:
             raise
-        print(f"qiao: error: {type(exc).__name__}: {exc} (run with --debug for details)", file=sys.stderr)
+        print(f"qiao: error: {_one_line(exc)} (run with --debug for details)", file=sys.stderr)
         return 1
+
+
+def _one_line(exc: Exception) -> str:
+    """An unexpected exception as one line: file-system errors name the path, others their type."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
 if __name__ == "__main__":

@@ -1,0 +1,68 @@
+"""``POST /ask``: an answer in the question's language with exact citations, or an honest "not found"."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from api.deps import get_service, get_snapshot
+from api.routes_core import check_doc_ids
+from api.schemas import HitOut, SearchFilters, _check_text
+from api.service import QiaoService, Snapshot
+from qa.pipeline import engine_for
+
+router = APIRouter()
+
+
+class AskRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    question: str = Field(
+        ..., description="English or Chinese (Simplified or Traditional)", examples=["which regions allow stem cell clinical trials"]
+    )
+    k: int = Field(8, ge=1, le=100, strict=True, description="evidence chunks to answer from, 1..100")
+    filters: SearchFilters = Field(default_factory=SearchFilters)
+
+    @field_validator("question")
+    @classmethod
+    def _question(cls, v: str) -> str:
+        return _check_text(v, "question")
+
+
+class CitationOut(BaseModel):
+    id: int = Field(description="the n of the [n] marker in the answer")
+    doc_id: str
+    source: str
+    title: str
+    start: int = Field(description="character offset into the original document text")
+    end: int = Field(description="exclusive; quote == original_text[start:end]")
+    quote: str
+    date: str | None
+    regions: list[str]
+
+
+class AskResponse(BaseModel):
+    question: str
+    answer: str
+    answerable: bool
+    citations: list[CitationOut]
+    hits: list[HitOut]
+    took_ms: float
+
+
+@router.post("/ask", response_model=AskResponse, tags=["qa"])
+def ask(
+    req: AskRequest, snap: Snapshot = Depends(get_snapshot), service: QiaoService = Depends(get_service)
+) -> AskResponse:
+    """Answer from the indexed documents: a lead sentence, then the supporting statements, each
+    ending with a citation marker ``[n]`` whose citation points at the exact span of the source.
+    ``answerable`` is false when the documents do not answer the question; ``hits`` then still
+    shows the nearest passages."""
+    t0 = time.perf_counter()
+    check_doc_ids(snap, req.filters.doc_id)
+    answer = engine_for(snap, service.settings).ask(req.question, k=req.k, filters=req.filters.to_filters())
+    out = answer.to_dict()
+    out["took_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+    return AskResponse(**out)

@@ -1,0 +1,1 @@
+"""Question answering with exact citations: AnswerEngine.ask(question, k, filters) -> Answer."""

@@ -1,0 +1,136 @@
+"""Sentence relevance: embedding similarity plus lexical coverage of the question.
+
+``score = cosine(question, sentence) + 0.5 * coverage + type bonus - region penalty``, where ``coverage`` is the
+idf-weighted share of the question's content tokens (same analyser as BM25) found in the
+sentence and its chunk context (heading, date); a token missing in the sentence may be
+covered by its glossary equivalent in the other language, at ``bridge_factor``. Tokens that occur nowhere in the corpus ("Kymriah") keep their full
+idf in the denominator: evidence cannot cover them, which is what abstention needs.
+
+When the question names regions ("When did Tianjin pass ..."), a sentence about none of them
+(neither named in it nor in its context: its timeline entry, or its whole news item) loses ``region_penalty``: a Shenzhen
+regulation is not evidence for a Tianjin question however similar the wording.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+from corpus.gazetteer import expand_with_parents
+from index.analysers import tokenize
+from index.bm25 import BM25Index
+from qa.facts import evidence_date, figures
+from qa.models import ScoredSentence, Sentence
+from qa.question import Question
+
+LEXICAL_WEIGHT = 0.5
+BRIDGE_FACTOR = 1.0
+REGION_PENALTY = 0.1
+YEAR_PENALTY = 0.1
+TYPE_BONUS = 0.1
+"""Added when a unit holds the kind of answer asked for: a date (its own or its timeline entry's)
+for "when" questions, a figure for "how many" questions."""
+
+
+class IdfTable:
+    """Lucene-style idf of analysed tokens over the indexed chunks, from the BM25 index's
+    sparse matrix (column ``t`` holds the chunks containing token ``t``)."""
+
+    def __init__(self, bm25: BM25Index):
+        model = bm25.model
+        self.n = max(int(bm25.n_docs), 1)
+        self.vocab: dict[str, int] = dict(model.vocab_dict)
+        self.df = np.diff(np.asarray(model.scores["indptr"]))
+
+    def idf(self, token: str) -> float:
+        tid = self.vocab.get(token)
+        df = int(self.df[tid]) if tid is not None and tid < len(self.df) else 0
+        return math.log(1.0 + (self.n - df + 0.5) / (df + 0.5))
+
+
+def sentence_tokens(s: Sentence) -> frozenset[str]:
+    """Analysed tokens of the sentence and its context (heading, date)."""
+    context = " ".join(p for p in (s.chunk.heading, s.chunk.date) if p)
+    return frozenset(tokenize(f"{context}\n{s.text}" if context else s.text))
+
+
+def coverage(q: Question, have: frozenset[str], idf: IdfTable, bridge_factor: float = BRIDGE_FACTOR) -> float:
+    """idf-weighted share of the question's content tokens that ``have`` covers, 0..1.
+
+    A token counts 1 when present; otherwise ``bridge_factor`` times the best share of one of
+    its glossary equivalents present (so an English sentence covers 细胞治疗 through "cell
+    therapy"). Tokens without an equivalent stay in the denominator: a Chinese question
+    about 新加坡 is not covered by an English sentence that lacks Singapore.
+    """
+    total = covered = 0.0
+    for t in q.tokens:
+        w = idf.idf(t)
+        total += w
+        if t in have:
+            covered += w
+            continue
+        best = 0.0
+        for target in q.translations.get(t, ()):
+            best = max(best, len(target & have) / len(target))
+        covered += w * bridge_factor * best
+    return covered / total if total > 0 else 0.0
+
+
+def lexical_scores(q: Question, token_sets: Sequence[frozenset[str]], idf: IdfTable) -> np.ndarray:
+    """``(n,)`` :func:`coverage` of the question by each token set."""
+    return np.array([coverage(q, have, idf) for have in token_sets], dtype=np.float32)
+
+
+def about_regions(s: Sentence, regions: Sequence[str]) -> bool:
+    """Whether ``s`` is about one of ``regions`` (keys with ancestors, as in :class:`Question`)."""
+    have = set(s.context_regions) | set(expand_with_parents(s.mentions))
+    return not have.isdisjoint(regions)
+
+
+def in_years(s: Sentence, years: Sequence[str]) -> bool:
+    """Whether ``s`` is dated in one of ``years`` or names one; undated sentences pass."""
+    d = evidence_date(s)
+    if d is None or d[0][:4] in years:
+        return True
+    return any(y in s.text for y in years)
+
+
+def answer_type_match(q: Question, s: Sentence) -> bool:
+    """Whether ``s`` can answer the question's type (always true for factoid / list questions)."""
+    if q.qtype == "date":
+        d = evidence_date(s)
+        return d is not None and d[1] != "release"
+    if q.qtype == "quantity":
+        return bool(figures(s.text))
+    return True
+
+
+def score_sentences(
+    q: Question,
+    q_vec: np.ndarray,
+    sentences: Sequence[Sentence],
+    vectors: np.ndarray,
+    token_sets: Sequence[frozenset[str]],
+    idf: IdfTable,
+    lexical_weight: float = LEXICAL_WEIGHT,
+    region_penalty: float = REGION_PENALTY,
+    type_bonus: float = TYPE_BONUS,
+    year_penalty: float = YEAR_PENALTY,
+) -> list[ScoredSentence]:
+    """Every sentence with its combined, semantic and lexical score (input order)."""
+    if not sentences:
+        return []
+    sem = vectors @ np.asarray(q_vec, dtype=np.float32)
+    lex = lexical_scores(q, token_sets, idf)
+    region_ok = np.array([not q.regions or about_regions(s, q.regions) for s in sentences])
+    year_ok = np.array([not q.years or in_years(s, q.years) for s in sentences])
+    relevance = sem + lexical_weight * lex - region_penalty * ~region_ok - year_penalty * ~year_ok
+    total = relevance
+    if type_bonus and q.qtype in ("date", "quantity"):
+        total = relevance + type_bonus * np.array([1.0 if answer_type_match(q, s) else 0.0 for s in sentences])
+    return [
+        ScoredSentence(s, float(t), float(c), float(x), float(r), bool(a and b))
+        for s, t, c, x, r, a, b in zip(sentences, total, sem, lex, relevance, region_ok, year_ok)
+    ]
