@@ -15,6 +15,7 @@ from api.schemas import (
     HealthResponse,
     SearchRequest,
     SearchResponse,
+    error_responses,
 )
 from api.service import QiaoService, Snapshot
 
@@ -42,7 +43,7 @@ def check_doc_ids(snap: Snapshot, doc_ids: list[str] | None) -> None:
             raise HTTPException(status_code=404, detail=f"unknown doc_id {d!r} in filters: list documents with GET /documents")
 
 
-@router.post("/search", response_model=SearchResponse, tags=["search"])
+@router.post("/search", response_model=SearchResponse, tags=["search"], responses=error_responses(400, 404, 422, 503))
 def search(req: SearchRequest, snap: Snapshot = Depends(get_snapshot)) -> SearchResponse:
     """Ranked passages for a query in English or Chinese, with their exact offsets into the source."""
     t0 = time.perf_counter()
@@ -61,7 +62,7 @@ def _doc_meta(snap: Snapshot, doc_id: str) -> dict:
     return meta
 
 
-@router.get("/documents", response_model=DocumentList, tags=["documents"])
+@router.get("/documents", response_model=DocumentList, tags=["documents"], responses=error_responses(503))
 def list_documents(snap: Snapshot = Depends(get_snapshot)) -> DocumentList:
     return DocumentList(documents=[DocumentMeta(**_doc_meta(snap, d)) for d in snap.index.documents])
 
@@ -71,7 +72,7 @@ def line_of(text: str, offset: int) -> int:
     return text.count("\n", 0, offset) + 1
 
 
-@router.get("/documents/{doc_id}", response_model=DocumentOut, tags=["documents"])
+@router.get("/documents/{doc_id}", response_model=DocumentOut, tags=["documents"], responses=error_responses(404, 422, 503))
 def get_document(
     doc_id: str,
     start: int | None = Query(None, ge=0, description="span start (character offset), with end"),

@@ -368,7 +368,7 @@ def get_model(model: str):
     return _MODEL_CARD
 
 
-@router.post("/chat/completions", openapi_extra=_CHAT_BODY_DOC)
+@router.post("/chat/completions", openapi_extra=_CHAT_BODY_DOC, responses={200: {"description": "a chat.completion, or with stream=true a text/event-stream of chat.completion.chunk events", "content": {"text/event-stream": {"schema": {"type": "object", "properties": {"data": {"type": "string", "description": "a JSON chat.completion.chunk, then [DONE]"}}}}}}})
 async def chat_completions(request: Request, service: QiaoService = Depends(get_service)):
     """Answer the last user message with citations, in the OpenAI chat format (``stream`` supported)."""
     try:

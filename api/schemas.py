@@ -85,7 +85,7 @@ class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     query: str = Field(..., description="English or Chinese (Simplified or Traditional)", examples=["哪些地区支持干细胞临床研究"])
-    k: int = Field(10, ge=1, le=100, description="number of hits, 1..100")
+    k: int = Field(10, ge=1, le=100, strict=True, description="number of hits, 1..100")  # strict: true is not 1
     mode: Literal["hybrid", "bm25", "vector"] = "hybrid"
     filters: SearchFilters = Field(default_factory=SearchFilters)
 
@@ -166,3 +166,50 @@ class DocumentSpan(BaseModel):
 class DocumentOut(DocumentMeta):
     text: str
     span: DocumentSpan | None = None
+
+
+# --- error responses (documented in the OpenAPI schema, so clients and fuzzers know them) -----------
+
+
+class ValidationIssue(BaseModel):
+    loc: list[str | int] = Field(description="where the problem is, e.g. ['body', 'query']")
+    msg: str = Field(description="what is wrong and how to fix it")
+    type: str
+
+
+class ErrorOut(BaseModel):
+    """Every 4xx / 503 answer: ``detail`` says what went wrong and what to do about it."""
+
+    detail: str | list[ValidationIssue]
+
+
+class OpenAIErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIErrorOut(BaseModel):
+    """Errors of the OpenAI-compatible endpoints, in OpenAI's shape."""
+
+    error: OpenAIErrorBody
+
+
+_ERROR_TEXT = {
+    400: "malformed request (the message says what to send)",
+    401: "an API key is required (Authorization: Bearer <key>)",
+    403: "the API key is not valid",
+    404: "unknown document, doc_id in filters, or model",
+    409: "conflicts with the indexed documents (duplicate upload, or removing the last document)",
+    413: "upload too large",
+    415: "unsupported file or content type",
+    422: "invalid input (the message names the field and the rule)",
+    500: "the index could not be rebuilt; the current index is unchanged",
+    503: "no index is loaded (run `qiao index`), or another update is in progress (retry later)",
+}
+
+
+def error_responses(*codes: int, model: type[BaseModel] = ErrorOut) -> dict:
+    """``responses=`` for a route or router: each code documented with its error body model."""
+    return {code: {"model": model, "description": _ERROR_TEXT.get(code, "error")} for code in codes}

@@ -29,14 +29,15 @@ _IMG_RE = re.compile(
 )
 
 # Whole navigation lines ("Return to List", "Prve:...", "Next:...", 返回列表, 上一篇：...).
+# A line ends at "\n" or "\r" (CRLF and old-Mac files): re's ^/$ alone only know "\n".
 _NAV_LINE_RE = re.compile(
-    r"^[ \t\u3000\u00a0]*(?:"
+    r"(?:^|(?<=\r))[ \t\u3000\u00a0]*(?:"
     r"(?:Return|Back)[ \t]+to[ \t]+(?:the[ \t]+)?(?:List|Top|Home(?:page)?|Index)[ \t]*[.!]?"
     r"|(?:返回列表|返回顶部|返回頂部|返回首页|返回首頁|返回上一页|返回上一頁)"
     r"|(?:Prve|Prev|Previous|Next)(?:[ \t]+(?:article|post|page|item|news|one))?[ \t]*[:：][^\n\r]{0,300}"
     r"|(?:上一篇|下一篇|上一条|下一条|上一條|下一條|上一页|下一页|上一頁|下一頁)[ \t]*[:：][^\n\r]{0,300}"
     r"|(?:【[ \t]*(?:打印本页|打印|关闭窗口|关闭|關閉視窗|關閉|列印本頁|列印|收藏|分享)[ \t]*】[ \t]*)+"
-    r")[ \t\u3000\u00a0]*$",
+    r")[ \t\u3000\u00a0]*(?=[\r\n]|\Z)",
     re.MULTILINE | re.IGNORECASE,
 )
 

@@ -105,6 +105,9 @@ def load_document(path: Path) -> Document:
         raise DocumentError(
             source, f"unsupported file type {path.suffix or '(none)'!r}; supported: {', '.join(SUPPORTED_SUFFIXES)}"
         )
+    if path.exists() and not path.is_file() and not path.is_dir():
+        # reading a FIFO blocks forever and a device never ends: refuse before opening
+        raise DocumentError(source, "not a regular file (a pipe, socket or device); only text files are supported")
     try:
         data = path.read_bytes()
     except FileNotFoundError:

@@ -10,6 +10,7 @@ import hashlib
 import os
 import sqlite3
 import threading
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Protocol, Sequence
@@ -124,6 +125,22 @@ class EmbeddingCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._local = threading.local()
+        try:
+            self._create()
+        except sqlite3.DatabaseError as exc:
+            # only a cache: a damaged file ("file is not a database") is moved aside, not fatal
+            old = getattr(self._local, "conn", None)
+            if old is not None:
+                old.close()
+            self._local.conn = None
+            aside = path.with_name(f"{path.name}.corrupt-{os.getpid()}")
+            os.replace(path, aside)
+            for suffix in ("-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+            warnings.warn(f"embedding cache {path} was unreadable ({exc}); moved to {aside.name}, starting empty", stacklevel=2)
+            self._create()
+
+    def _create(self) -> None:
         with self._conn() as conn:
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS emb (model TEXT NOT NULL, key TEXT NOT NULL, vec BLOB NOT NULL,"

@@ -99,6 +99,14 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -184,8 +192,11 @@ def build_index(
         files = {}
         for p in sorted(tmp.rglob("*")):
             if p.is_file():
+                _fsync_file(p)  # FAISS and bm25s write without fsync; a power cut must not leave holes
                 rel = p.relative_to(tmp).as_posix()
                 files[rel] = {"bytes": p.stat().st_size, "sha256": _sha256_file(p)}
+        for d in sorted(x for x in tmp.rglob("*") if x.is_dir()):
+            _fsync_dir(d)
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "build_id": build_id,
@@ -254,9 +265,10 @@ def read_manifest(root: Path) -> dict | None:
     if build is None:
         return None
     try:
-        return json.loads((build / MANIFEST).read_text(encoding="utf-8"))
+        manifest = json.loads((build / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    return manifest if isinstance(manifest, dict) else None
 
 
 def stale_reason(root: Path, documents: Sequence[Document], settings, model_id: str | None = None) -> str | None:
@@ -272,6 +284,10 @@ def stale_reason(root: Path, documents: Sequence[Document], settings, model_id: 
         return "embedder changed"
     if manifest.get("corpus_fingerprint") != corpus_fingerprint(documents, index_settings(settings)):
         return "documents changed"
+    try:  # an up-to-date manifest over damaged files must not stop `qiao index --if-stale` from repairing
+        load_index(root, expect_model_id=model_id, verify=True)
+    except IndexLoadError as exc:
+        return f"the index on disk is damaged ({str(exc).split(': run `qiao index`')[0]})"
     return None
 
 
@@ -304,12 +320,57 @@ def _date_int(date: str | None) -> int:
         return 0
 
 
+def check_files(build: Path, manifest: dict, verify: bool = True) -> None:
+    """Check that every file the manifest lists is there with its size (and, with ``verify``, its
+    sha256). Raises :class:`IndexLoadError` naming the first bad file."""
+    fix = "run `qiao index` to rebuild it"
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not all(f in files for f in DATA_FILES):
+        raise IndexLoadError(f"index manifest {build / MANIFEST} does not list its files: {fix}")
+    for rel, meta in files.items():
+        p = build / rel
+        if not isinstance(meta, dict) or not p.is_file():
+            raise IndexLoadError(f"index file {p} is missing: {fix}")
+        if p.stat().st_size != meta.get("bytes"):
+            raise IndexLoadError(f"index file {p} has {p.stat().st_size} bytes, expected {meta.get('bytes')} (truncated?): {fix}")
+        if verify and _sha256_file(p) != meta.get("sha256"):
+            raise IndexLoadError(f"index file {p} does not match its checksum (corrupt): {fix}")
+
+
 def load_index(root: Path, expect_model_id: str | None = None, expect_dim: int | None = None, verify: bool = True) -> LoadedIndex:
     """Load the current index under ``root``, checking it before trusting it.
 
     Raises :class:`IndexLoadError` with a message that says to run ``qiao index``.
     """
+    try:
+        return _load_index(root, expect_model_id, expect_dim, verify)
+    except OSError as exc:  # unreadable directory or file, I/O error: same answer, one line
+        raise IndexLoadError(
+            f"cannot read the index at {root} ({exc.strerror or exc}: {exc.filename or root}): "
+            "check its permissions, or run `qiao index` to rebuild it"
+        ) from None
+
+
+def cleanup_if_idle(root: Path) -> list[str]:
+    """Remove a crashed build's leftovers when no writer is running (never waits; best effort).
+
+    Called on load, so a restart after a crash cleans up without waiting for the next build."""
+    if not (root / "builds").is_dir():
+        return []
+    try:
+        lock = FileLock(str(root / ".lock"), timeout=0)
+        lock.acquire()
+    except (Timeout, OSError):  # a writer is busy (its temporaries are live) or the dir is read-only
+        return []
+    try:
+        return cleanup_temporaries(root)
+    finally:
+        lock.release()
+
+
+def _load_index(root: Path, expect_model_id: str | None, expect_dim: int | None, verify: bool) -> LoadedIndex:
     fix = "run `qiao index` to rebuild it"
+    cleanup_if_idle(root)
     build = current_build(root)
     if build is None:
         raise IndexLoadError(f"no index found at {root}: {fix}")
@@ -334,17 +395,7 @@ def load_index(root: Path, expect_model_id: str | None = None, expect_dim: int |
         )
     if expect_dim is not None and emb.get("dim") != expect_dim:
         raise IndexLoadError(f"index at {build} has {emb.get('dim')}-d vectors, the embedder gives {expect_dim}-d: {fix}")
-    files = manifest.get("files")
-    if not isinstance(files, dict) or not all(f in files for f in DATA_FILES):
-        raise IndexLoadError(f"index manifest {mpath} does not list its files: {fix}")
-    for rel, meta in files.items():
-        p = build / rel
-        if not p.is_file():
-            raise IndexLoadError(f"index file {p} is missing: {fix}")
-        if p.stat().st_size != meta.get("bytes"):
-            raise IndexLoadError(f"index file {p} has {p.stat().st_size} bytes, expected {meta.get('bytes')} (truncated?): {fix}")
-        if verify and _sha256_file(p) != meta.get("sha256"):
-            raise IndexLoadError(f"index file {p} does not match its checksum (corrupt): {fix}")
+    check_files(build, manifest, verify)
     try:
         documents = {}
         with open(build / "documents.jsonl", encoding="utf-8") as f:
