@@ -46,17 +46,18 @@ class Settings(BaseSettings):
         "calibrated", description="calibrated: language-aware score fusion (see retriever/fusion.py); rrf: reciprocal rank fusion"
     )
     fusion_bm25_weight: float = Field(
-        2.0, ge=0.0, le=20.0, description="calibrated fusion: weight of BM25 (as a fraction of the query's top BM25 score)"
+        6.0, ge=0.0, le=20.0, description="calibrated fusion: weight of BM25 (as a fraction of the query's top BM25 score)"
     )
-    fusion_bm25_cross_lang: float = Field(
-        1.0, ge=0.0, le=1.0, description="calibrated fusion: BM25 weight factor for passages in another language than the query"
+    fusion_trust_low: float = Field(
+        0.1, ge=0.0, le=5.0,
+        description="calibrated fusion: BM25 is ignored when its best passage scores below this share of a full match of the query",
     )
-    fusion_bm25_floor: float = Field(
-        0.0, ge=0.0, le=2.0,
-        description="calibrated fusion: BM25 is normalised by max(top score, floor * score of a full match of the query)",
+    fusion_trust_high: float = Field(
+        0.5, ge=0.0, le=5.0,
+        description="calibrated fusion: BM25 gets its full weight above this share (linear between; 0 disables)",
     )
     fusion_lang_renorm: bool = Field(
-        False, description="calibrated fusion: z-normalise the fused scores again within each language"
+        True, description="calibrated fusion: z-normalise the fused scores again within each language"
     )
     fusion_lang_top: int = Field(
         20, ge=2, le=1000, description="calibrated fusion: cosines per language that set that language's mean and spread"
@@ -82,6 +83,9 @@ class Settings(BaseSettings):
     max_query_chars: int = 2000
     api_key: str | None = None
     max_upload_bytes: int = 20 * 1024 * 1024
+    http_write_wait: float = Field(
+        30.0, gt=0, description="seconds an HTTP write (upload, delete, reindex) waits for another writer before a 503 busy"
+    )
 
     # --- optional language-model answers (off unless both URL and model are set) ----
     llm_base_url: str | None = None

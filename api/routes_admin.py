@@ -202,7 +202,7 @@ async def add_documents(request: Request, service: QiaoService = Depends(get_ser
     finally:
         await form.close()
     try:
-        report = await run_in_threadpool(service.add_documents, files)
+        report = await run_in_threadpool(service.add_documents, files, service.settings.http_write_wait)
     except Exception as exc:  # noqa: BLE001 - mapped below; unknown errors re-raise
         raise _update_errors(exc) from None
     return _out(report)
@@ -212,7 +212,7 @@ async def add_documents(request: Request, service: QiaoService = Depends(get_ser
 def delete_document(doc_id: str, service: QiaoService = Depends(get_service)) -> UpdateOut:
     """Remove a document (uploaded, or one of the corpus directory: it stays removed across restarts)."""
     try:
-        report = service.remove_document(doc_id)
+        report = service.remove_document(doc_id, service.settings.http_write_wait)
     except UnknownDocumentError:
         raise HTTPException(status_code=404, detail=f"unknown doc_id {doc_id!r}: list documents with GET /documents") from None
     except Exception as exc:  # noqa: BLE001
@@ -225,7 +225,7 @@ def reindex(service: QiaoService = Depends(get_service)) -> UpdateOut:
     """Rebuild the index from the documents on disk; only new or changed passages are embedded.
     Searches are answered from the current index until the new one is ready."""
     try:
-        report = service.reindex()
+        report = service.reindex(service.settings.http_write_wait)
     except Exception as exc:  # noqa: BLE001
         raise _update_errors(exc) from None
     return _out(report)
