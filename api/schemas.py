@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from corpus.gazetteer import resolve_region
+from retriever.filters import check_date_range, check_iso_date, resolve_region_names
 from retriever.models import Filters
 
 MAX_QUERY_CHARS = 2000
-
-
-def _check_date(v: str | None) -> str | None:
-    if v is None:
-        return v
-    try:
-        if len(v) == 10:
-            return dt.date.fromisoformat(v).isoformat()
-    except ValueError:
-        pass
-    raise ValueError(f"{v!r} is not a date: use YYYY-MM-DD, e.g. 2023-07-27")
 
 
 class SearchFilters(BaseModel):
@@ -40,25 +28,16 @@ class SearchFilters(BaseModel):
     @field_validator("date_from", "date_to")
     @classmethod
     def _dates(cls, v):
-        return _check_date(v)
+        return check_iso_date(v)
 
     @field_validator("region")
     @classmethod
     def _regions(cls, v):
-        if v is None:
-            return v
-        out = []
-        for name in v:
-            key = resolve_region(name) if isinstance(name, str) and name.strip() else None
-            if key is None:
-                raise ValueError(f"unknown region {name!r}: use a Chinese province, city or pilot zone name, e.g. Tianjin or 天津")
-            out.append(key)
-        return out
+        return resolve_region_names(v)
 
     @model_validator(mode="after")
     def _range(self):
-        if self.date_from and self.date_to and self.date_from > self.date_to:
-            raise ValueError(f"date_from {self.date_from} is after date_to {self.date_to}")
+        check_date_range(self.date_from, self.date_to)
         return self
 
     def to_filters(self) -> Filters:

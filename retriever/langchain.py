@@ -18,7 +18,6 @@ Because it is a ``BaseRetriever`` it is a Runnable: it composes in LCEL chains
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any, Literal
 
 import httpx
@@ -27,23 +26,12 @@ from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from pydantic import Field, field_validator, model_validator
 
-from corpus.gazetteer import resolve_region
+from retriever.filters import check_date_range, check_iso_date, resolve_region_names
 from retriever.models import Filters, Hit
 
 
 class QiaoSearchError(RuntimeError):
     """A search could not run: no index loaded, the server refused the request, or it is unreachable."""
-
-
-def _iso_date(v: str | None) -> str | None:
-    if v is None:
-        return None
-    try:
-        if isinstance(v, str) and len(v) == 10:
-            return dt.date.fromisoformat(v).isoformat()
-    except ValueError:
-        pass
-    raise ValueError(f"{v!r} is not a date: use YYYY-MM-DD, e.g. 2023-07-27")
 
 
 def hit_metadata(hit: dict) -> dict:
@@ -118,20 +106,12 @@ class QiaoRetriever(BaseRetriever):
     @field_validator("date_from", "date_to")
     @classmethod
     def _dates(cls, v):
-        return _iso_date(v)
+        return check_iso_date(v)
 
     @field_validator("region")
     @classmethod
     def _regions(cls, v):
-        if v is None:
-            return v
-        out = []
-        for name in v:
-            key = resolve_region(name) if isinstance(name, str) and name.strip() else None
-            if key is None:
-                raise ValueError(f"unknown region {name!r}: use a Chinese province, city or pilot zone name, e.g. Tianjin or 天津")
-            out.append(key)
-        return out
+        return resolve_region_names(v)
 
     @model_validator(mode="after")
     def _check(self):
@@ -139,8 +119,7 @@ class QiaoRetriever(BaseRetriever):
             raise ValueError("give exactly one of backend (a local index) or base_url (a running Qiao server)")
         if self.backend is not None and not (hasattr(self.backend, "snapshot") or hasattr(self.backend, "search")):
             raise ValueError("backend must be a QiaoService or have search(query, k, mode, filters)")
-        if self.date_from and self.date_to and self.date_from > self.date_to:
-            raise ValueError(f"date_from {self.date_from} is after date_to {self.date_to}")
+        check_date_range(self.date_from, self.date_to)
         if self.base_url is not None:
             self.base_url = self.base_url.rstrip("/")
         return self

@@ -64,3 +64,12 @@ def fresh_service(tmp_path, shared_cache_dir):
         return s
 
     return make
+
+
+@pytest.fixture(scope="session")
+def seed_server(seed_service):
+    """The real server over the seed index on a free loopback port (one for the whole session)."""
+    from support import LiveServer
+
+    with LiveServer(seed_service) as server:
+        yield server

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import json
-import socket
 import threading
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from api.service import UpdateError, collect_documents
 from corpus.extract import extract
 from corpus.loader import DocumentError
 from index.store import current_build
+from support import free_port
 
 NEW_DOC = (
     "Zhejiang pilot on porcine kidney xenotransplantation\n"
@@ -387,12 +387,6 @@ def test_crash_mid_build_leaves_the_old_index_serving(client, monkeypatch, step)
     assert not [p for p in (service.settings.index_dir / "builds").iterdir() if p.name.startswith(".tmp-")]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_concurrent_searches_during_updates_all_succeed(built, monkeypatch):
     service = built()
     old_build = service.snapshot.index.manifest["build_id"]
@@ -405,7 +399,7 @@ def test_concurrent_searches_during_updates_all_succeed(built, monkeypatch):
         return real_build(*args, **kw)
 
     monkeypatch.setattr(service_mod, "build_index", slow_build)
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(service.settings, service), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 
 import httpx
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
 from api.app import create_app
@@ -107,23 +103,9 @@ def test_no_index_gives_503_not_500(tmp_path):
         assert r.status_code == 503 and "qiao index" in r.json()["detail"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_real_server_over_http(seed_service):
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(seed_service.settings, seed_service), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.time() + 20
-        while not server.started and time.time() < deadline:
-            time.sleep(0.05)
-        assert server.started
-        base = f"http://127.0.0.1:{port}"
+def test_real_server_over_http(seed_server):
+    base = seed_server.url
+    if True:
         assert httpx.get(f"{base}/health").json()["index_loaded"] is True
         r = httpx.post(f"{base}/search", json={"query": "Tianjin gene and cell industry promotion regulations", "k": 3})
         assert r.status_code == 200
@@ -131,6 +113,3 @@ def test_real_server_over_http(seed_service):
         assert top["source"].startswith("001") and top["date"] == "2023-07-27"
         assert httpx.get(f"{base}/docs").status_code == 200
         assert httpx.post(f"{base}/search", json={"query": ""}).status_code == 422
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)

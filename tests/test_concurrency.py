@@ -5,16 +5,11 @@ and directly through the retriever."""
 from __future__ import annotations
 
 import random
-import socket
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-import uvicorn
 
-from api.app import create_app
 from api.schemas import SearchFilters
 
 QUERIES = [
@@ -57,26 +52,9 @@ def test_retriever_concurrent_equals_serial(seed_service):
         assert got == serial[q[0] + q[1]], q
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def base_url(seed_service):
-    port = _free_port()
-    app = create_app(seed_service.settings, seed_service)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started:
-        assert time.time() < deadline, "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+def base_url(seed_server):
+    return seed_server.url
 
 
 def _ask_key(body: dict) -> tuple:

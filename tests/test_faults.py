@@ -15,7 +15,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -29,6 +28,7 @@ import pytest
 from fastapi.testclient import TestClient
 from filelock import FileLock
 
+from support import free_port
 from api.app import create_app
 from api.service import QiaoService, collect_documents
 from corpus.extract import extract
@@ -315,17 +315,11 @@ def test_sigkill_at_a_random_time_during_qiao_index(world, run):
 # --- SIGKILL during an upload to the server ---------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     """`qiao serve` in a child process (through the kill-point driver)."""
 
     def __init__(self, world: World, data: Path, kill_at: int = 0, trace: Path | None = None):
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         extra = {"QIAO_KILL_AT": kill_at, "QIAO_DATA_DIR": data, "QIAO_CORPUS_DIR": world.new_corpus}
         if trace is not None:

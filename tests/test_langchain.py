@@ -5,47 +5,27 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
-import socket
 import subprocess
 import sys
-import threading
-import time
 
 import pytest
-import uvicorn
 from langchain_core.documents import Document
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from langchain_core.messages import ToolMessage
 from langchain_core.runnables import RunnableLambda
 from pydantic import ValidationError
 
-from api.app import create_app
 from retriever.langchain import QiaoRetriever, QiaoSearchError, format_documents
 from settings import PROJECT_ROOT
+from support import free_port
 
 META_KEYS = {"doc_id", "chunk_id", "source", "title", "start", "end", "date", "regions", "lang", "score", "bm25_score", "vector_score", "rank"}
 EXAMPLE = PROJECT_ROOT / "examples" / "cited_chain.py"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server_url(seed_service):
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(seed_service.settings, seed_service), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+def server_url(seed_server):
+    return seed_server.url
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +123,7 @@ def test_remote_errors_are_one_line(server_url):
         remote.invoke("   ")
     with pytest.raises(QiaoSearchError, match="404.*nope"):
         remote.with_filters(doc_id=["nope"]).invoke("stem cell")
-    dead = QiaoRetriever.from_url(f"http://127.0.0.1:{_free_port()}", timeout=2)
+    dead = QiaoRetriever.from_url(f"http://127.0.0.1:{free_port()}", timeout=2)
     with pytest.raises(QiaoSearchError, match="cannot reach"):
         dead.invoke("stem cell")
 

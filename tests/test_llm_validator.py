@@ -6,7 +6,6 @@ tiny OpenAI-compatible stub on a loopback port (to exercise the real ``ChatOpenA
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
@@ -19,6 +18,7 @@ from langchain_core.messages import AIMessage
 from qa.llm import evidence_block, llm_enabled, maybe_llm_answer, validate_cited_text
 from qa.models import Answer, Citation
 from settings import Settings
+from support import free_port
 
 
 def _citation(i: int, doc: str, quote: str, date: str | None = "2023-07-27") -> Citation:
@@ -133,12 +133,6 @@ def test_chinese_question_asks_for_chinese(answer):
 # --- ChatOpenAI against an OpenAI-compatible stub on a loopback port --------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture()
 def stub_llm_url():
     """An OpenAI-compatible server whose model answers with one valid and one invalid citation."""
@@ -156,7 +150,7 @@ def stub_llm_url():
             "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
         }
 
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -176,7 +170,7 @@ def test_chat_openai_from_settings(answer, stub_llm_url):
     assert [c.doc_id for c in out.citations] == ["aaa"]
     assert requests and requests[0]["model"] == "stub-model" and requests[0]["temperature"] == 0
     # an unreachable model server falls back to the extractive answer
-    dead = Settings(llm_base_url=f"http://127.0.0.1:{_free_port()}/v1", llm_model="m", llm_timeout=2)
+    dead = Settings(llm_base_url=f"http://127.0.0.1:{free_port()}/v1", llm_model="m", llm_timeout=2)
     assert maybe_llm_answer(answer, dead) is answer
 
 

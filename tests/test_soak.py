@@ -13,7 +13,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -28,6 +27,7 @@ import pytest
 
 from index.store import current_build
 from settings import PROJECT_ROOT
+from support import free_port
 
 pytestmark = pytest.mark.soak
 
@@ -64,12 +64,6 @@ QUESTIONS = [
 REGIONS = ["Zhejiang", "Fujian", "Sichuan", "Hubei", "Jiangsu", "Shandong", "Yunnan", "Gansu"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rss_mb(pid: int) -> float:
     text = Path(f"/proc/{pid}/status").read_text()
     return int(re.search(r"VmRSS:\s+(\d+) kB", text).group(1)) / 1024
@@ -104,7 +98,7 @@ def server(tmp_path, seed_service, shared_cache_dir):
     with b:
         a.backup(b)
     a.close(), b.close()
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(PROJECT_ROOT)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "api.cli", "--data-dir", str(data), "serve", "--host", "127.0.0.1", "--port", str(port)],

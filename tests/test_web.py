@@ -10,17 +10,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
 import pytest
-import uvicorn
 
-from api.app import create_app
+from support import LiveServer
 
 CHROMIUM = os.environ.get("QIAO_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -38,36 +34,6 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "api" / "static"
 
 if os.environ.get("QIAO_SKIP_BROWSER") == "1":
     pytest.skip("QIAO_SKIP_BROWSER=1", allow_module_level=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LiveServer:
-    """uvicorn serving ``create_app(settings, service)`` in a thread on 127.0.0.1."""
-
-    def __init__(self, service):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(create_app(service.settings, service), host="127.0.0.1", port=self.port, log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started:
-            if time.time() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")
