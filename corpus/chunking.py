@@ -176,7 +176,7 @@ def _find_break(text: str, lo: int, mid: int, hi: int, chars: tuple[str, ...]) -
     return p + 1 if p != -1 else -1
 
 
-def _split_long(text: str, s: int, e: int, size: int) -> list[Span]:
+def split_long_span(text: str, s: int, e: int, size: int) -> list[Span]:
     """Cut an over-long sentence into balanced pieces of at most ``size`` characters.
 
     Cuts go after a clause break (，、,;:) near the target length, else at a space,
@@ -211,7 +211,7 @@ def _pieces(text: str, s: int, e: int, noise: _Noise, size: int) -> list[Span]:
         if a >= b:
             continue
         if b - a > size:
-            for p in _split_long(text, a, b, size):
+            for p in split_long_span(text, a, b, size):
                 p = noise.trim(text, *p)
                 if p[0] < p[1]:
                     out.append(p)

@@ -16,7 +16,7 @@ import bisect
 import re
 from dataclasses import dataclass
 
-from corpus.chunking import _split_long, sentence_spans  # _split_long: the chunker's balanced clause splitter
+from corpus.chunking import split_long_span, sentence_spans
 from corpus.cleaning import noise_spans
 from corpus.gazetteer import expand_with_parents, find_regions
 from corpus.lang import cjk_count, detect_lang
@@ -79,7 +79,7 @@ def unit_spans(text: str, max_chars: dict[str, int] = MAX_UNIT_CHARS) -> list[Sp
             if a >= b:
                 continue
             limit = max_chars["zh" if cjk_count(text[a:b]) * 5 >= b - a else "en"]
-            pieces = _split_long(text, a, b, limit) if b - a > limit else [(a, b)]
+            pieces = split_long_span(text, a, b, limit) if b - a > limit else [(a, b)]
             for pa, pb in pieces:
                 pa, pb = _trim(text, pa, pb)
                 if pa < pb and has_content(text[pa:pb]):
