@@ -22,7 +22,7 @@ $(CORE_STAMP): $(BIN)/python pyproject.toml
 # torch==2.13.0 is a CPU build that lies on this disk; a bare `torch` would pull a multi-GB CUDA build.
 $(TEST_STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[st,test]'
+	$(BIN)/pip install --quiet -e '.[st,test,eval]'
 	touch $@ $(CORE_STAMP)
 
 install: $(CORE_STAMP)

@@ -33,8 +33,8 @@ class Settings(BaseSettings):
     embed_batch_size: int = 32
 
     # --- chunking (these change the index, so they are in the manifest) ------
-    chunk_size: int = Field(400, ge=50, le=5000, description="prose window size in characters")
-    chunk_overlap: int = Field(80, ge=0, le=2000, description="prose window overlap in characters")
+    chunk_size: int = Field(350, ge=50, le=5000, description="prose window size in characters (tuned: eval/RESULTS.md)")
+    chunk_overlap: int = Field(40, ge=0, le=2000, description="prose window overlap in characters (tuned: eval/RESULTS.md)")
 
     # --- index ---------------------------------------------------------------
     hnsw_threshold: int = Field(50_000, description="use HNSW instead of a flat index above this many chunks")

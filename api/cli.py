@@ -302,6 +302,12 @@ def cmd_eval_qa(args) -> int:
 
 def cmd_eval(args) -> int:
     """Retrieval evaluation on BEIR datasets (eval/run.py): metrics per mode, table / JSON / report."""
+    try:
+        import ir_measures  # noqa: F401
+        if args.report:
+            import matplotlib  # noqa: F401
+    except ImportError as exc:
+        raise CLIError(f"qiao eval needs the 'eval' extra ({exc.name} is missing): pip install 'qiao[eval]'") from None
     from eval.beir import DatasetError, load_beir
     from eval.report import text_table, write_report
     from eval.run import evaluate

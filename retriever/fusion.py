@@ -1,8 +1,52 @@
-"""Rank fusion of the BM25 and vector candidate lists."""
+"""Fusion of the BM25 and vector candidate lists.
+
+Two strategies (``Settings.fusion``):
+
+``"calibrated"`` (default), :func:`calibrated_fusion`: a score fusion that knows about language
+and about how much BM25 actually matched::
+
+    z(d)     = (cos(q, d) - mean_L) / spread_L          L = language of d; mean/spread of the
+                                                        query's top ``lang_top`` cosines in L
+    trust(q) = ramp(top_bm25(q) / full_match(q); low, high)      0 below low, 1 above high
+    f(d)     = z(d) + bm25_weight * trust(q) * bm25(q, d) / top_bm25(q)
+    fused(d) = f(d) z-normalised again within L (top ``lang_top`` of each language)
+
+1. **Per-language cosine z-scores.** A multilingual embedder scores passages in the query's own
+   language higher than passages in the other one (multilingual-e5: ~0.07 cosine for the same
+   content), so on a bilingual corpus a raw-cosine ranking buries the translation of the right
+   passage under same-language near misses. Centring and scaling per language removes that
+   offset; on a one-language index it is a monotone rescaling (vector order unchanged). The
+   vector candidates are fetched per language for the same reason (:mod:`retriever.hybrid`).
+2. **BM25 trust.** ``full_match(q)`` is the BM25 score a passage holding every query token once
+   would get (:func:`query_mass`); ``top / full_match`` is the share of the query the best BM25
+   passage really matches. Simplified questions over Traditional passages (the analyser folds
+   scripts) reach 0.7-1.4; English questions over Chinese passages, where BM25 only meets a
+   stray number or a Latin name, reach 0-0.2 -- and when they do reach 0.3 the BM25 top hit is
+   right three times in four. The ramp lets BM25 speak in proportion.
+3. **BM25 as a share of its top score**, so its scale does not depend on query length or corpus
+   statistics; with ``bm25_weight`` = 6 a trusted exact match outranks a passage that is a few
+   standard deviations better by cosine only, which is what exact-term retrieval deserves.
+4. **Renormalising per language** after adding BM25: BM25 only boosts the query's own language
+   much (the other language gets glossary-bridge terms at most), so without this step a strong
+   BM25 pushes the other language's best match (in a bilingual corpus often the translation of
+   the answer) below same-language near misses.
+
+``"rrf"``: weighted reciprocal rank fusion, :func:`reciprocal_rank_fusion`, with raw cosine
+ranking in vector mode. Kept for comparison: ranks throw away how sure each retriever is, so BM25
+noise on cross-lingual queries drags good vector hits down.
+
+How these were chosen (and what lost): eval/RESULTS.md.
+"""
 
 from __future__ import annotations
 
+from typing import Callable, Sequence
+
 import numpy as np
+
+MIN_SPREAD = 0.01
+"""Floor of the per-language cosine spread (a language with one or two candidates, or identical
+ones, must not get huge z-scores)."""
 
 
 def reciprocal_rank_fusion(
@@ -20,3 +64,159 @@ def reciprocal_rank_fusion(
         for rank, row in enumerate(rows.tolist(), start=1):
             fused[row] = fused.get(row, 0.0) + w / (k + rank)
     return fused
+
+
+def language_stats(
+    vec_lists: Sequence[tuple[str, np.ndarray, np.ndarray]], lang_top: int
+) -> dict[str, tuple[float, float]]:
+    """``{lang: (mean, spread)}`` of the top ``lang_top`` cosines of each language's candidate list.
+
+    ``vec_lists``: ``(lang, rows, cosines)`` per language, cosines best first.
+    """
+    stats: dict[str, tuple[float, float]] = {}
+    for lang, _rows, scores in vec_lists:
+        top = np.asarray(scores[:lang_top], dtype=np.float64)
+        if top.size:
+            stats[lang] = (float(top.mean()), max(float(top.std()), MIN_SPREAD))
+    return stats
+
+
+def _z(rows: np.ndarray, cos: np.ndarray, row_lang: np.ndarray, stats: dict[str, tuple[float, float]], pooled) -> np.ndarray:
+    """Cosines z-normalised by the statistics of each row's language (``pooled`` for a language without)."""
+    if not stats:
+        return cos.astype(np.float64)
+    langs = row_lang[rows]
+    mu = np.array([stats.get(l, pooled)[0] for l in langs])
+    sd = np.array([stats.get(l, pooled)[1] for l in langs])
+    return (cos.astype(np.float64) - mu) / sd
+
+
+def _pooled(vec_lists, lang_top: int) -> tuple[float, float]:
+    parts = [np.asarray(s[:lang_top], np.float64) for _l, _r, s in vec_lists]
+    allc = np.concatenate(parts) if parts else np.zeros(0)
+    return (float(allc.mean()), max(float(allc.std()), MIN_SPREAD)) if allc.size else (0.0, 1.0)
+
+
+def calibrated_vector(
+    vec_lists: Sequence[tuple[str, np.ndarray, np.ndarray]], row_lang: np.ndarray, lang_top: int = 20
+) -> dict[int, float]:
+    """The vector candidates scored by their per-language cosine z-score: ``{row: z}``.
+
+    On a one-language index this orders rows exactly as the raw cosine does.
+    """
+    stats = language_stats(vec_lists, lang_top)
+    pooled = _pooled(vec_lists, lang_top)
+    out: dict[int, float] = {}
+    for _lang, rows, scores in vec_lists:
+        if rows.size:
+            out.update(zip(rows.tolist(), _z(rows, np.asarray(scores), row_lang, stats, pooled).tolist()))
+    return out
+
+
+def calibrated_fusion(
+    bm25_rows: np.ndarray,
+    bm25_all: np.ndarray | None,
+    vec_lists: Sequence[tuple[str, np.ndarray, np.ndarray]],
+    row_lang: np.ndarray,
+    cos_of: Callable[[np.ndarray], np.ndarray],
+    *,
+    bm25_weight: float = 2.0,
+    lang_top: int = 20,
+    query_mass: float = 0.0,
+    trust_low: float = 0.0,
+    trust_high: float = 0.0,
+    lang_renorm: bool = False,
+) -> dict[int, float]:
+    """Language-calibrated score fusion (see the module docstring). Returns ``{row: fused score}``.
+
+    ``bm25_rows``: BM25 candidates, best first; ``bm25_all``: ``(n,)`` BM25 score of every row.
+    ``vec_lists``: ``(lang, rows, cosines)`` per language (or one list for the whole index).
+    ``row_lang``: ``(n,)`` language code per row. ``cos_of(rows) -> cosines`` for rows that only
+    BM25 proposed (their vectors are read back from the index).
+    """
+    fused = calibrated_vector(vec_lists, row_lang, lang_top)
+    extra = np.array([r for r in bm25_rows.tolist() if r not in fused], dtype=np.int64)
+    if extra.size:
+        stats = language_stats(vec_lists, lang_top)
+        z = _z(extra, np.asarray(cos_of(extra)), row_lang, stats, _pooled(vec_lists, lang_top))
+        fused.update(zip(extra.tolist(), z.tolist()))
+    if bm25_all is not None and bm25_weight > 0 and bm25_rows.size:
+        top = float(bm25_all[bm25_rows[0]])
+        if top > 0:
+            w = bm25_weight * bm25_trust(top, query_mass, trust_low, trust_high) / top
+            for r in fused:
+                b = float(bm25_all[r])
+                if b > 0:
+                    fused[r] += w * b
+    if lang_renorm and len({str(row_lang[r]) for r in fused}) > 1:
+        fused = _renorm_by_language(fused, row_lang, lang_top)
+    return fused
+
+
+def _renorm_by_language(scores: dict[int, float], row_lang: np.ndarray, lang_top: int) -> dict[int, float]:
+    """z-normalise fused scores again within each language (top ``lang_top`` of each as reference),
+    so BM25, which only ever boosts the query's own language much, cannot push the other
+    language's best matches down."""
+    rows = np.fromiter(scores.keys(), dtype=np.int64, count=len(scores))
+    vals = np.fromiter(scores.values(), dtype=np.float64, count=len(scores))
+    langs = row_lang[rows]
+    out = np.empty_like(vals)
+    for lang in np.unique(langs):
+        sel = langs == lang
+        top = np.sort(vals[sel])[::-1][:lang_top]
+        out[sel] = (vals[sel] - top.mean()) / max(float(top.std()), MIN_SPREAD)
+    return dict(zip(rows.tolist(), out.tolist()))
+
+
+def fuse(cand, index, settings, cos_of: Callable[[np.ndarray], np.ndarray]) -> dict[int, float]:
+    """Fused score of every candidate row of ``cand`` (a :class:`retriever.hybrid.Candidates`)."""
+    if getattr(settings, "fusion", "calibrated") == "rrf":
+        return reciprocal_rank_fusion(
+            [cand.bm25_rows, cand.vec_rows], [settings.weight_bm25, settings.weight_vector], k=settings.rrf_k
+        )
+    return calibrated_fusion(
+        cand.bm25_rows,
+        cand.bm25_all,
+        cand.vec_lists,
+        index.chunk_lang,
+        cos_of,
+        bm25_weight=settings.fusion_bm25_weight,
+        lang_top=settings.fusion_lang_top,
+        query_mass=query_mass(index.bm25, cand.qa.tokens) if settings.fusion_trust_high > 0 else 0.0,
+        trust_low=settings.fusion_trust_low,
+        trust_high=settings.fusion_trust_high,
+        lang_renorm=settings.fusion_lang_renorm,
+    )
+
+
+def bm25_trust(top: float, mass: float, low: float, high: float) -> float:
+    """How far to trust BM25 for this query, in [0, 1], from ``ratio = top / mass``: the share of a
+    full lexical match that the best passage reaches. 0 below ``low``, 1 above ``high``, linear
+    between; ``high <= 0`` disables the ramp (always 1)."""
+    if high <= 0:
+        return 1.0
+    if mass <= 0:
+        return 0.0
+    ratio = top / mass
+    if ratio <= low:
+        return 0.0
+    if ratio >= high:
+        return 1.0
+    return (ratio - low) / (high - low)
+
+
+def query_mass(bm25, tokens: Sequence[str]) -> float:
+    """BM25 score of a full lexical match: a passage of average length holding each distinct query
+    token once (Lucene IDF, unknown tokens at document frequency 0; bm25s' Lucene variant scores
+    such a term ``idf / (1 + k1)``). ``bm25``: :class:`index.bm25.BM25Index`.
+    """
+    model = bm25.model
+    n = float(bm25.n_docs)
+    vocab = model.vocab_dict
+    indptr = model.scores["indptr"]
+    total = 0.0
+    for t in set(tokens):
+        tid = vocab.get(t)
+        df = float(indptr[tid + 1] - indptr[tid]) if tid is not None else 0.0
+        total += float(np.log(1.0 + (n - df + 0.5) / (df + 0.5)))
+    return total / (1.0 + float(getattr(model, "k1", 1.2)))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -11,7 +11,7 @@ from index.analysers import tokenize
 from index.glossary import expand_query
 from index.store import LoadedIndex
 from retriever.filters import filter_mask
-from retriever.fusion import reciprocal_rank_fusion
+from retriever.fusion import calibrated_vector, fuse
 from retriever.models import MODES, Filters, Hit
 
 
@@ -37,6 +37,20 @@ class QueryAnalysis:
     bridge: list[str]  # glossary tokens in the other language
 
 
+@dataclass
+class Candidates:
+    """What each retriever proposed for one query (rows are chunk rows of the index, best first)."""
+
+    qa: QueryAnalysis
+    bm25_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    bm25_all: np.ndarray | None = None  # (n,) BM25 score of every row, None when BM25 did not run
+    vec_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    vec_scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # cosine, (len(vec_rows),)
+    # hybrid mode: the vector candidates of each language separately, [(lang, rows, cosines)]
+    vec_lists: list[tuple[str, np.ndarray, np.ndarray]] = field(default_factory=list)
+    query_vector: np.ndarray | None = None
+
+
 class HybridRetriever:
     """``search(query, k, mode, filters) -> list[Hit]`` over one :class:`LoadedIndex`.
 
@@ -47,6 +61,14 @@ class HybridRetriever:
         self.index = index
         self.embedder = embedder
         self.settings = settings
+        # languages of the index, and a row mask per language when there is more than one
+        langs = np.unique(index.chunk_lang) if index.size else []
+        self.languages: list[str] = [str(l) for l in langs]
+        self._lang_masks = {str(l): index.chunk_lang == l for l in langs} if len(langs) > 1 else {}
+        # FAISS search parameters restricting a search to one language, built once per (language, k):
+        # building an ID selector over half of a 100k index costs ~9 ms, searching with it ~0.5 ms
+        self._lang_params: dict[tuple[str, int], object] = {}
+        self._lang_selectors: dict[str, object] = {}
 
     def analyse(self, query: str) -> QueryAnalysis:
         return QueryAnalysis(query, detect_lang(query), tokenize(query), expand_query(query))
@@ -56,40 +78,137 @@ class HybridRetriever:
         scores = self.index.bm25.weighted_scores(qa.tokens, qa.bridge, self.settings.glossary_weight)
         return _top_rows(scores, depth, mask), scores
 
-    def vector_candidates(self, query: str, depth: int, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """``(rows, scores)`` best first, cosine similarities."""
-        qv = self.embedder.embed_queries([query])[0]
+    def query_vector(self, query: str) -> np.ndarray:
+        return self.embedder.embed_queries([query])[0]
+
+    def vector_candidates(
+        self, query: str, depth: int, mask: np.ndarray | None, query_vector: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, scores)`` best first, cosine similarities. ``query_vector``: skip embedding (batch eval)."""
+        qv = self.query_vector(query) if query_vector is None else query_vector
         return self.index.vectors.search(qv, depth, allowed=mask)
+
+    def vector_candidates_by_language(
+        self, qv: np.ndarray, depth: int, mask: np.ndarray | None
+    ) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """``[(lang, rows, cosines)]``: the top ``depth`` rows of each language of the index.
+
+        One search on a one-language index; on a bilingual one, a search per language, because
+        the embedder ranks the query's own language first and the other language's best rows
+        may not be in a global top ``depth`` at all.
+        """
+        if not self._lang_masks:
+            rows, scores = self.index.vectors.search(qv, depth, allowed=mask)
+            return [(self.languages[0] if self.languages else "", rows, scores)]
+        out = []
+        for lang, lmask in self._lang_masks.items():
+            if mask is None:
+                rows, scores = self._search_language(lang, qv, depth)
+            else:
+                allowed = lmask & mask
+                if not allowed.any():
+                    continue
+                rows, scores = self.index.vectors.search(qv, depth, allowed=allowed)
+            if rows.size:
+                out.append((lang, rows, scores))
+        return out
+
+    def _search_language(self, lang: str, qv: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``depth`` rows of one language (no other filter), with a cached FAISS selector."""
+        import faiss
+
+        vi = self.index.vectors
+        params = self._lang_params.get((lang, depth))
+        if params is None:
+            sel = self._lang_selectors.get(lang)
+            if sel is None:
+                sel = faiss.IDSelectorBatch(np.flatnonzero(self._lang_masks[lang]).astype(np.int64))
+                self._lang_selectors[lang] = sel  # params keep only a pointer: hold the selector here
+            if vi.kind == "hnsw":
+                params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(depth, self.settings.hnsw_ef_search))
+            else:
+                params = faiss.SearchParameters(sel=sel)
+            self._lang_params[(lang, depth)] = params
+        k = int(min(depth, vi.size))
+        scores, ids = vi.index.search(np.ascontiguousarray(qv.reshape(1, -1), dtype=np.float32), k, params=params)
+        keep = ids[0] >= 0
+        return ids[0][keep].astype(np.int64), scores[0][keep]
+
+    def candidates(
+        self,
+        query: str,
+        k: int = 10,
+        mode: str = "hybrid",
+        mask: np.ndarray | None = None,
+        query_vector: np.ndarray | None = None,
+    ) -> Candidates:
+        """Each retriever's candidate list for ``query`` (empty for a retriever the mode does not use)."""
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
+        depth = max(self.settings.candidate_depth, 3 * k)
+        qa = self.analyse(query)
+        cand = Candidates(qa=qa)
+        if mode in ("bm25", "hybrid"):
+            cand.bm25_rows, cand.bm25_all = self.bm25_candidates(qa, depth, mask)
+        if mode in ("vector", "hybrid") and getattr(self.settings, "fusion", "calibrated") == "rrf":
+            cand.vec_rows, cand.vec_scores = self.vector_candidates(query, depth, mask, query_vector)
+        elif mode in ("vector", "hybrid"):
+            qv = self.query_vector(query) if query_vector is None else query_vector
+            cand.query_vector = qv
+            cand.vec_lists = self.vector_candidates_by_language(qv, depth, mask)
+            if len(cand.vec_lists) == 1:
+                cand.vec_rows, cand.vec_scores = cand.vec_lists[0][1], cand.vec_lists[0][2]
+            elif cand.vec_lists:  # one list by raw cosine, for the hits' vector ranks
+                rows = np.concatenate([r for _l, r, _s in cand.vec_lists])
+                scores = np.concatenate([s for _l, _r, s in cand.vec_lists])
+                order = np.lexsort((rows, -scores))
+                cand.vec_rows, cand.vec_scores = rows[order], scores[order]
+        return cand
+
+    def rank(
+        self,
+        query: str,
+        k: int = 10,
+        mode: str = "hybrid",
+        filters: Filters | None = None,
+        query_vector: np.ndarray | None = None,
+        cand: Candidates | None = None,
+    ) -> list[tuple[int, float]]:
+        """All candidate rows ordered by the mode's score, best first: ``[(row, score), ...]``.
+
+        No near-duplicate removal (that is :meth:`search`'s job); the eval uses this with
+        precomputed query vectors.
+        """
+        if self.index.size == 0:
+            return []
+        if cand is None:
+            cand = self.candidates(query, k, mode, filter_mask(self.index, filters), query_vector)
+        if mode == "bm25":
+            return [(int(r), float(cand.bm25_all[r])) for r in cand.bm25_rows]
+        if mode == "vector":
+            if not cand.vec_lists:  # rrf setting: the raw cosine ranking
+                return [(int(r), float(v)) for r, v in zip(cand.vec_rows, cand.vec_scores)]
+            scored = calibrated_vector(cand.vec_lists, self.index.chunk_lang, self.settings.fusion_lang_top)
+            return sorted(scored.items(), key=lambda kv: (-kv[1], kv[0]))
+        qv = cand.query_vector
+
+        def cos_of(rows: np.ndarray) -> np.ndarray:
+            return self.index.vectors.reconstruct(rows) @ qv
+
+        fused = fuse(cand, self.index, self.settings, cos_of)
+        return sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))
 
     def search(self, query: str, k: int = 10, mode: str = "hybrid", filters: Filters | None = None) -> list[Hit]:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
         if self.index.size == 0:
             return []
-        s = self.settings
-        mask = filter_mask(self.index, filters)
-        depth = max(s.candidate_depth, 3 * k)
-        qa = self.analyse(query)
-
-        bm25_rows = np.zeros(0, np.int64)
-        bm25_all = None
-        vec_rows, vec_scores = np.zeros(0, np.int64), np.zeros(0, np.float32)
-        if mode in ("bm25", "hybrid"):
-            bm25_rows, bm25_all = self.bm25_candidates(qa, depth, mask)
-        if mode in ("vector", "hybrid"):
-            vec_rows, vec_scores = self.vector_candidates(query, depth, mask)
-
-        bm25_rank = {int(r): i + 1 for i, r in enumerate(bm25_rows)}
-        vec_rank = {int(r): i + 1 for i, r in enumerate(vec_rows)}
-        vec_score = {int(r): float(v) for r, v in zip(vec_rows, vec_scores)}
-
-        if mode == "bm25":
-            ordered = [(int(r), float(bm25_all[r])) for r in bm25_rows]
-        elif mode == "vector":
-            ordered = [(int(r), float(v)) for r, v in zip(vec_rows, vec_scores)]
-        else:
-            fused = reciprocal_rank_fusion([bm25_rows, vec_rows], [s.weight_bm25, s.weight_vector], k=s.rrf_k)
-            ordered = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))
+        cand = self.candidates(query, k, mode, filter_mask(self.index, filters))
+        ordered = self.rank(query, k, mode, cand=cand)
+        bm25_all = cand.bm25_all
+        bm25_rank = {int(r): i + 1 for i, r in enumerate(cand.bm25_rows)}
+        vec_rank = {int(r): i + 1 for i, r in enumerate(cand.vec_rows)}
+        vec_score = {int(r): float(v) for r, v in zip(cand.vec_rows, cand.vec_scores)}
 
         hits: list[Hit] = []
         kept_vecs: list[np.ndarray] = []
