@@ -268,8 +268,9 @@ def test_sigkill_mid_embedding_keeps_the_old_index_and_the_work_done(world):
     data = world.fresh("embed-kill")
     cache = data / "cache" / "embeddings.sqlite"
     # one new document's passages are missing from the cache (the other new one is cached)
-    new = [d for d in collect_documents(Settings(corpus_dir=world.new_corpus, data_dir=data)).documents if d.source[:3] == "003"]
-    keys = [text_key(c.embed_text) for d in new for c in chunk_document(d, 400, 80)]
+    settings = Settings(corpus_dir=world.new_corpus, data_dir=data)
+    new = [d for d in collect_documents(settings).documents if d.source[:3] == "003"]
+    keys = [text_key(c.embed_text) for d in new for c in chunk_document(d, settings.chunk_size, settings.chunk_overlap)]
     with sqlite3.connect(cache) as c:
         c.executemany("DELETE FROM emb WHERE key=?", [(k,) for k in keys])
     before = _cache_rows(cache)
