@@ -49,7 +49,7 @@ class Settings(BaseSettings):
         6.0, ge=0.0, le=20.0, description="calibrated fusion: weight of BM25 (as a fraction of the query's top BM25 score)"
     )
     fusion_trust_low: float = Field(
-        0.1, ge=0.0, le=5.0,
+        0.05, ge=0.0, le=5.0,
         description="calibrated fusion: BM25 is ignored when its best passage scores below this share of a full match of the query",
     )
     fusion_trust_high: float = Field(

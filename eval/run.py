@@ -6,9 +6,11 @@ Pipeline (:func:`evaluate`)::
     -> eval index under <data_dir>/eval/<name>-<fingerprint>/  (production chunker, analysers,
        embedder and settings; the production embedding cache, so passages are embedded once)
     -> all query vectors in batches (cached on disk too)
-    -> per mode, per query: HybridRetriever.rank(...) with the precomputed vector (timed)
+    -> per mode, per query: HybridRetriever.rank(...) with the precomputed vector, once as a
+       request for 10 hits (timed; scored by the @10 metrics) and once for 100 (Recall@100)
     -> chunk rows -> BEIR doc ids, a doc scored by its best chunk (first occurrence)
-    -> ir-measures: nDCG@10, Recall@10, Recall@100, MRR@10; latency p50/p95
+    -> ir-measures: nDCG@10, Recall@10, Recall@100, MRR@10; latency p50/p95; on a sample of
+       queries also search(query, k=10) end to end, the query embedded each time
 
 Why the production chunker and not "one chunk per passage": chunk size is one of the settings
 we tune on these runs, so the eval must see the chunks production would make. A passage split
@@ -343,15 +345,17 @@ _RETRIEVAL_KEYS = {
     "st_model",
     "chunk_size",
     "chunk_overlap",
+    "fusion",
+    "fusion_bm25_weight",
+    "fusion_trust_low",
+    "fusion_trust_high",
+    "fusion_lang_renorm",
+    "fusion_lang_top",
     "rrf_k",
     "weight_bm25",
     "weight_vector",
     "candidate_depth",
     "glossary_weight",
-    "fusion",
-    "fusion_alpha",
-    "fusion_trust_floor",
-    "fusion_trust_gain",
     "hnsw_threshold",
 }
 

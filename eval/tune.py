@@ -120,9 +120,10 @@ GRIDS: dict[str, list[dict]] = {
                 {"chunk_size": 350, "chunk_overlap": 40}],
     "final": [
         {},
-        *_grid({}, fusion_bm25_weight=[4.0, 5.0, 8.0]),
-        *_grid({}, fusion_trust_low=[0.05, 0.15], fusion_trust_high=[0.5]),
+        *_grid({}, fusion_bm25_weight=[5.0, 8.0]),
+        *_grid({}, fusion_trust_low=[0.1]),
         *_grid({}, fusion_trust_high=[0.4, 0.6]),
+        *_grid({}, fusion_lang_top=[10, 40]),
     ],
     "defaults": [{}],
 }

@@ -66,6 +66,15 @@ def reciprocal_rank_fusion(
     return fused
 
 
+def _norms(tops: dict[str, np.ndarray]) -> dict[str, tuple[float, float]]:
+    """``{lang: (mean, spread)}`` of each language's top values (best first, at most ``lang_top``).
+
+    (Shrinking a small language's statistics towards the pooled ones was tried and lost: see
+    eval/RESULTS.md.)
+    """
+    return {lang: (float(top.mean()), max(float(top.std()), MIN_SPREAD)) for lang, top in tops.items() if top.size}
+
+
 def language_stats(
     vec_lists: Sequence[tuple[str, np.ndarray, np.ndarray]], lang_top: int
 ) -> dict[str, tuple[float, float]]:
@@ -73,12 +82,7 @@ def language_stats(
 
     ``vec_lists``: ``(lang, rows, cosines)`` per language, cosines best first.
     """
-    stats: dict[str, tuple[float, float]] = {}
-    for lang, _rows, scores in vec_lists:
-        top = np.asarray(scores[:lang_top], dtype=np.float64)
-        if top.size:
-            stats[lang] = (float(top.mean()), max(float(top.std()), MIN_SPREAD))
-    return stats
+    return _norms({lang: np.asarray(scores[:lang_top], np.float64) for lang, _r, scores in vec_lists})
 
 
 def _z(rows: np.ndarray, cos: np.ndarray, row_lang: np.ndarray, stats: dict[str, tuple[float, float]], pooled) -> np.ndarray:
@@ -122,7 +126,7 @@ def calibrated_fusion(
     *,
     bm25_weight: float = 2.0,
     lang_top: int = 20,
-    query_mass: float = 0.0,
+    match: float | None = None,
     trust_low: float = 0.0,
     trust_high: float = 0.0,
     lang_renorm: bool = False,
@@ -132,7 +136,8 @@ def calibrated_fusion(
     ``bm25_rows``: BM25 candidates, best first; ``bm25_all``: ``(n,)`` BM25 score of every row.
     ``vec_lists``: ``(lang, rows, cosines)`` per language (or one list for the whole index).
     ``row_lang``: ``(n,)`` language code per row. ``cos_of(rows) -> cosines`` for rows that only
-    BM25 proposed (their vectors are read back from the index).
+    BM25 proposed (their vectors are read back from the index). ``match``: :func:`match_ratio` of
+    the query, mapped to a BM25 trust by the ``trust_low``/``trust_high`` ramp (None: full trust).
     """
     fused = calibrated_vector(vec_lists, row_lang, lang_top)
     extra = np.array([r for r in bm25_rows.tolist() if r not in fused], dtype=np.int64)
@@ -143,7 +148,8 @@ def calibrated_fusion(
     if bm25_all is not None and bm25_weight > 0 and bm25_rows.size:
         top = float(bm25_all[bm25_rows[0]])
         if top > 0:
-            w = bm25_weight * bm25_trust(top, query_mass, trust_low, trust_high) / top
+            trust = 1.0 if match is None else bm25_trust(match, trust_low, trust_high)
+            w = bm25_weight * trust / top
             for r in fused:
                 b = float(bm25_all[r])
                 if b > 0:
@@ -160,11 +166,12 @@ def _renorm_by_language(scores: dict[int, float], row_lang: np.ndarray, lang_top
     rows = np.fromiter(scores.keys(), dtype=np.int64, count=len(scores))
     vals = np.fromiter(scores.values(), dtype=np.float64, count=len(scores))
     langs = row_lang[rows]
+    groups = {str(lang): langs == lang for lang in np.unique(langs)}
+    norms = _norms({lang: np.sort(vals[sel])[::-1][:lang_top] for lang, sel in groups.items()})
     out = np.empty_like(vals)
-    for lang in np.unique(langs):
-        sel = langs == lang
-        top = np.sort(vals[sel])[::-1][:lang_top]
-        out[sel] = (vals[sel] - top.mean()) / max(float(top.std()), MIN_SPREAD)
+    for lang, sel in groups.items():
+        mu, sd = norms[lang]
+        out[sel] = (vals[sel] - mu) / sd
     return dict(zip(rows.tolist(), out.tolist()))
 
 
@@ -182,27 +189,39 @@ def fuse(cand, index, settings, cos_of: Callable[[np.ndarray], np.ndarray]) -> d
         cos_of,
         bm25_weight=settings.fusion_bm25_weight,
         lang_top=settings.fusion_lang_top,
-        query_mass=query_mass(index.bm25, cand.qa.tokens) if settings.fusion_trust_high > 0 else 0.0,
+        match=match_ratio(index.bm25, cand) if settings.fusion_trust_high > 0 else None,
         trust_low=settings.fusion_trust_low,
         trust_high=settings.fusion_trust_high,
         lang_renorm=settings.fusion_lang_renorm,
     )
 
 
-def bm25_trust(top: float, mass: float, low: float, high: float) -> float:
-    """How far to trust BM25 for this query, in [0, 1], from ``ratio = top / mass``: the share of a
-    full lexical match that the best passage reaches. 0 below ``low``, 1 above ``high``, linear
-    between; ``high <= 0`` disables the ramp (always 1)."""
+def bm25_trust(ratio: float, low: float, high: float) -> float:
+    """How far to trust BM25 for this query, in [0, 1], from its :func:`match_ratio`: 0 at or below
+    ``low``, 1 at or above ``high``, linear between; ``high <= 0`` disables the ramp (always 1)."""
     if high <= 0:
         return 1.0
-    if mass <= 0:
-        return 0.0
-    ratio = top / mass
     if ratio <= low:
         return 0.0
     if ratio >= high:
         return 1.0
     return (ratio - low) / (high - low)
+
+
+def match_ratio(bm25, cand) -> float:
+    """``top BM25 score / full_match(query tokens)``: the share of a full lexical match of the query
+    that the best BM25 candidate reaches (its glossary-bridge terms count at the glossary weight,
+    as they do in its score). 0.0 when nothing matched.
+
+    ``bm25``: :class:`index.bm25.BM25Index`; ``cand``: :class:`retriever.hybrid.Candidates`.
+    (Scoring the bridge terms against their own full match instead was tried and lost: see
+    eval/RESULTS.md.)
+    """
+    rows = cand.bm25_rows
+    if not rows.size or cand.bm25_all is None:
+        return 0.0
+    mass = query_mass(bm25, cand.qa.tokens)
+    return float(cand.bm25_all[rows[0]]) / mass if mass > 0 else 0.0
 
 
 def query_mass(bm25, tokens: Sequence[str]) -> float:

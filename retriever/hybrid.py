@@ -46,7 +46,7 @@ class Candidates:
     bm25_all: np.ndarray | None = None  # (n,) BM25 score of every row, None when BM25 did not run
     vec_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     vec_scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # cosine, (len(vec_rows),)
-    # hybrid mode: the vector candidates of each language separately, [(lang, rows, cosines)]
+    # vector/hybrid modes: the vector candidates of each language separately, [(lang, rows, cosines)]
     vec_lists: list[tuple[str, np.ndarray, np.ndarray]] = field(default_factory=list)
     query_vector: np.ndarray | None = None
 

@@ -160,10 +160,12 @@ def test_cli_eval_json_shape_and_quality(eval_data_dir, capsys):
         assert m["e2e_latency_ms"]["p50"] > 0
         assert "per_query" not in m
     by = {m["mode"]: m["metrics"] for m in res["modes"]}
-    # eight distinct topics, each question written for one passage: every mode finds them all in the top 10,
-    # and hybrid puts nearly all first
-    assert by["vector"]["Recall@10"] == 1.0 and by["hybrid"]["Recall@10"] == 1.0
-    assert by["hybrid"]["nDCG@10"] >= 0.85, by
+    # eight distinct topics, each question written for one passage (two of them across languages):
+    # every mode puts most answers first. (With four chunks per language the per-language statistics
+    # of the fusion are degenerate -- each language's best chunk looks equally good -- so hybrid is
+    # not held to beat BM25 here; eval/RESULTS.md measures that on real dev sets.)
+    for mode in ("bm25", "vector", "hybrid"):
+        assert by[mode]["MRR@10"] >= 0.8 and by[mode]["nDCG@10"] >= 0.85, by
     assert res["settings"]["fusion"] == "calibrated"
 
 
@@ -189,3 +191,41 @@ def test_cli_eval_table_reuses_index_and_writes_report(eval_data_dir, tmp_path, 
 def test_cli_eval_rejects_unknown_mode(tmp_path, capsys):
     code = cli_main(["--data-dir", str(tmp_path), "eval", "--dataset", str(SMALL), "--mode", "fuzzy"])
     assert code == 2 and "unknown mode 'fuzzy'" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- the tuned fusion
+
+
+def test_calibrated_fusion_balances_languages_and_gates_bm25():
+    import numpy as np
+
+    from retriever.fusion import bm25_trust, calibrated_fusion, calibrated_vector
+
+    # rows 0-5 English, 6-11 Chinese; an English query: English cosines sit ~0.07 higher
+    lang = np.array(["en"] * 6 + ["zh"] * 6)
+    en_rows, zh_rows = np.arange(6), np.arange(6, 12)
+    en_cos = np.array([0.90, 0.86, 0.855, 0.85, 0.845, 0.84])
+    zh_cos = np.array([0.83, 0.77, 0.765, 0.76, 0.755, 0.75])  # row 6: the translation of row 0
+    lists = [("en", en_rows, en_cos), ("zh", zh_rows, zh_cos)]
+    z = calibrated_vector(lists, lang, lang_top=6)
+    order = sorted(z, key=lambda r: -z[r])
+    assert order[:2] == [6, 0] or order[:2] == [0, 6]  # raw cosine would put row 6 seventh
+    assert list(sorted(en_rows, key=lambda r: -z[r])) == list(en_rows)
+
+    # BM25 that matched a full share of the query lifts its top hit; trust 0 leaves the vector order alone
+    bm25_all = np.zeros(12, np.float32)
+    bm25_all[[3, 1]] = [10.0, 4.0]
+    cos_of = lambda rows: np.array([{**dict(zip(en_rows, en_cos)), **dict(zip(zh_rows, zh_cos))}[int(r)] for r in rows])  # noqa: E731
+    strong = calibrated_fusion(np.array([3, 1]), bm25_all, lists, lang, cos_of, bm25_weight=6.0, lang_top=6,
+                               match=1.0, trust_low=0.05, trust_high=0.5)
+    assert max(strong, key=strong.get) == 3
+    # renormalising per language keeps the other language's best (row 6) next to the BM25 winner
+    renorm = calibrated_fusion(np.array([3, 1]), bm25_all, lists, lang, cos_of, bm25_weight=6.0, lang_top=6,
+                               match=1.0, trust_low=0.05, trust_high=0.5, lang_renorm=True)
+    assert sorted(renorm, key=lambda r: -renorm[r])[:2] in ([3, 6], [6, 3])
+    assert sorted(strong, key=lambda r: -strong[r]).index(6) > 1  # without it, BM25-boosted row 1 gets ahead
+    weak = calibrated_fusion(np.array([3, 1]), bm25_all, lists, lang, cos_of, bm25_weight=6.0, lang_top=6,
+                             match=0.01, trust_low=0.05, trust_high=0.5)
+    assert sorted(weak, key=lambda r: -weak[r])[:2] == order[:2]
+    assert bm25_trust(0.01, 0.05, 0.5) == 0.0 and bm25_trust(0.6, 0.05, 0.5) == 1.0
+    assert bm25_trust(0.275, 0.05, 0.5) == pytest.approx(0.5)
