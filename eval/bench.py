@@ -607,6 +607,18 @@ def markdown(r: dict) -> str:
 # ----------------------------------------------------------------------------- main
 
 
+SOAK_START, SOAK_END = "<!-- qiao-soak:start -->", "<!-- qiao-soak:end -->"
+
+
+def keep_other_sections(path: Path, new_text: str) -> str:
+    """``new_text`` plus the soak run's section of the existing file (written by ``make soak``), kept as it was."""
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    if SOAK_START in old and SOAK_END in old:
+        section = old[old.index(SOAK_START) : old.index(SOAK_END) + len(SOAK_END)]
+        return new_text.rstrip("\n") + "\n\n" + section + "\n"
+    return new_text
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m eval.bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="1000,10000,100000", help="corpus sizes in chunks (comma-separated)")
@@ -666,7 +678,7 @@ def main(argv: list[str] | None = None) -> int:
 
         shutil.rmtree(work, ignore_errors=True)  # ~0.5 GB of bench indexes
     result["total_s"] = time.perf_counter() - t_start
-    Path(args.out).write_text(markdown(result), encoding="utf-8")
+    Path(args.out).write_text(keep_other_sections(Path(args.out), markdown(result)), encoding="utf-8")
     Path(args.json_out).write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
     log(f"wrote {args.out} and {args.json_out} in {result['total_s']:.0f}s")
     print(markdown(result))
