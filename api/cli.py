@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import textwrap
 from contextlib import contextmanager
@@ -342,6 +343,16 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def add_filter_args(s: argparse.ArgumentParser) -> None:
+    """The /search filters, and --json, as options (search and ask share them)."""
+    s.add_argument("--lang", action="append", help="en or zh (repeatable)")
+    s.add_argument("--region", action="append", help="region name in English or Chinese (repeatable)")
+    s.add_argument("--date-from", help="YYYY-MM-DD, inclusive")
+    s.add_argument("--date-to", help="YYYY-MM-DD, inclusive")
+    s.add_argument("--doc-id", action="append", help="restrict to these documents (repeatable)")
+    s.add_argument("--json", action="store_true", help="print the API's JSON")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="qiao", description="Qiao 桥: bilingual search and QA over your documents")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -358,12 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("query")
     s.add_argument("--k", type=int, default=10)
     s.add_argument("--mode", default="hybrid", help="hybrid, bm25 or vector")
-    s.add_argument("--lang", action="append", help="en or zh (repeatable)")
-    s.add_argument("--region", action="append", help="region name in English or Chinese (repeatable)")
-    s.add_argument("--date-from")
-    s.add_argument("--date-to")
-    s.add_argument("--doc-id", action="append")
-    s.add_argument("--json", action="store_true", help="print the API's JSON")
+    add_filter_args(s)
     s.set_defaults(func=cmd_search)
 
     s = sub.add_parser("serve", help="serve the API and web page")
@@ -385,12 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("ask", help="answer a question with exact citations")
     s.add_argument("question")
     s.add_argument("--k", type=int, default=8, help="evidence chunks (default 8)")
-    s.add_argument("--lang", action="append", help="en or zh (repeatable)")
-    s.add_argument("--region", action="append", help="region name in English or Chinese (repeatable)")
-    s.add_argument("--date-from")
-    s.add_argument("--date-to")
-    s.add_argument("--doc-id", action="append")
-    s.add_argument("--json", action="store_true", help="print the API's JSON")
+    add_filter_args(s)
     s.set_defaults(func=cmd_ask)
 
     s = sub.add_parser("eval-qa", help="score answers on the QA evaluation questions")
@@ -424,6 +425,9 @@ def main(argv: list[str] | None = None) -> int:
     except CLIError as exc:
         print(f"qiao: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("qiao: interrupted", file=sys.stderr)
         return 130

@@ -18,6 +18,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from api.deps import get_service
+from api.schemas import DocumentMeta
 from api.service import (
     DuplicateDocumentError,
     LastDocumentError,
@@ -61,20 +62,9 @@ def require_api_key(request: Request, service: QiaoService = Depends(get_service
 # --- responses ----------------------------------------------------------------------
 
 
-class ManagedDocument(BaseModel):
-    doc_id: str
-    source: str
-    title: str
-    lang: str
-    date: str | None
-    news_source: str | None
-    chars: int
-    chunks: int
-
-
 class UpdateOut(BaseModel):
     action: str = Field(description='"add", "remove" or "reindex"')
-    documents: list[ManagedDocument] = Field(description="the added or removed documents")
+    documents: list[DocumentMeta] = Field(description="the added or removed documents")
     build_id: str
     total_documents: int
     total_chunks: int
@@ -86,7 +76,7 @@ class UpdateOut(BaseModel):
 def _out(report: UpdateReport) -> UpdateOut:
     b = report.build
     return UpdateOut(
-        action=report.action, documents=[ManagedDocument(**d) for d in report.documents], build_id=b.build_id,
+        action=report.action, documents=[DocumentMeta(**d) for d in report.documents], build_id=b.build_id,
         total_documents=report.total_documents, total_chunks=report.total_chunks, embedded=b.embedded,
         took_ms=round(b.seconds * 1000, 3), warnings=report.warnings,
     )
