@@ -12,10 +12,10 @@ broken dataset is fixed in one look instead of failing deep inside an index buil
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from index.store import sha256_file
 
 
 class DatasetError(ValueError):
@@ -139,14 +139,6 @@ def _read_qrels(path: Path, queries: dict[str, dict], corpus: dict[str, BeirDoc]
     return qrels
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def load_beir(path: str | Path, split: str = "test") -> BeirDataset:
     """Load and check a BEIR dataset directory. Raises :class:`DatasetError` (``file:line: problem``)."""
     root = Path(path)
@@ -178,5 +170,5 @@ def load_beir(path: str | Path, split: str = "test") -> BeirDataset:
         qrels=qrels,
         split=split,
         unjudged_queries=len(raw_queries) - len(queries),
-        corpus_sha256=_sha256(root / "corpus.jsonl"),
+        corpus_sha256=sha256_file(root / "corpus.jsonl"),
     )

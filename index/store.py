@@ -91,7 +91,8 @@ def bm25_text(chunk: Chunk) -> str:
     return f"{chunk.heading}\n{chunk.text}" if chunk.heading else chunk.text
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -99,15 +100,8 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
+def _fsync(path: Path) -> None:
+    """fsync a file or a directory (a directory's fsync makes renames inside it durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -192,11 +186,11 @@ def build_index(
         files = {}
         for p in sorted(tmp.rglob("*")):
             if p.is_file():
-                _fsync_file(p)  # FAISS and bm25s write without fsync; a power cut must not leave holes
+                _fsync(p)  # FAISS and bm25s write without fsync; a power cut must not leave holes
                 rel = p.relative_to(tmp).as_posix()
-                files[rel] = {"bytes": p.stat().st_size, "sha256": _sha256_file(p)}
+                files[rel] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
         for d in sorted(x for x in tmp.rglob("*") if x.is_dir()):
-            _fsync_dir(d)
+            _fsync(d)
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "build_id": build_id,
@@ -213,14 +207,14 @@ def build_index(
             json.dump(manifest, f, indent=2, ensure_ascii=False)
             f.flush()
             os.fsync(f.fileno())
-        _fsync_dir(tmp)
+        _fsync(tmp)
         final = builds / build_id
         os.rename(tmp, final)
-        _fsync_dir(builds)
+        _fsync(builds)
         link_tmp = root / f".current-{build_id}"
         os.symlink(Path("builds") / build_id, link_tmp)
         os.replace(link_tmp, root / "current")  # the atomic switch
-        _fsync_dir(root)
+        _fsync(root)
         _remove_old_builds(root, keep={build_id})
         return BuildReport(final, build_id, len(documents), len(chunks), embedded, time.perf_counter() - t0)
     finally:
@@ -333,7 +327,7 @@ def check_files(build: Path, manifest: dict, verify: bool = True) -> None:
             raise IndexLoadError(f"index file {p} is missing: {fix}")
         if p.stat().st_size != meta.get("bytes"):
             raise IndexLoadError(f"index file {p} has {p.stat().st_size} bytes, expected {meta.get('bytes')} (truncated?): {fix}")
-        if verify and _sha256_file(p) != meta.get("sha256"):
+        if verify and sha256_file(p) != meta.get("sha256"):
             raise IndexLoadError(f"index file {p} does not match its checksum (corrupt): {fix}")
 
 
