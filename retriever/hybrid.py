@@ -244,13 +244,8 @@ class HybridRetriever:
                 overlap = min(o.end, c.end) - max(o.start, c.start)
                 if overlap > 0 and overlap >= 0.5 * min(o.end - o.start, c.end - c.start):
                     return True
-        if hits:
-            v = self.index.vectors.reconstruct(np.array([row]))[0]
-            if kept_vecs:
-                sims = np.stack(kept_vecs) @ v
-                if float(sims.max()) >= self.settings.dedup_threshold:
-                    return True
-            kept_vecs.append(v)
-        else:
-            kept_vecs.append(self.index.vectors.reconstruct(np.array([row]))[0])
+        v = self.index.vectors.reconstruct(np.array([row]))[0]
+        if kept_vecs and float((np.stack(kept_vecs) @ v).max()) >= self.settings.dedup_threshold:
+            return True
+        kept_vecs.append(v)  # kept_vecs[i] is the vector of hits[i]
         return False
