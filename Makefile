@@ -46,7 +46,7 @@ test: install-test chromium
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q
 
 bench: install-test
-	HF_HUB_OFFLINE=1 $(BIN)/python -m eval.bench
+	HF_HUB_OFFLINE=1 $(BIN)/python -m qiao.eval.bench
 
 soak: install-test
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m soak tests

@@ -6,15 +6,15 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api.deps import get_service
-from api.routes_admin import router as admin_router
-from api.routes_ask import router as ask_router
-from api.routes_core import router as core_router
-from api.routes_openai import router as openai_router
-from api.routes_web import router as web_router
-from api.schemas import OpenAIErrorOut, error_responses
-from api.service import QiaoService
-from settings import Settings, get_settings
+from qiao.api.deps import get_service
+from qiao.api.routes_admin import router as admin_router
+from qiao.api.routes_ask import router as ask_router
+from qiao.api.routes_core import router as core_router
+from qiao.api.routes_openai import router as openai_router
+from qiao.api.routes_web import router as web_router
+from qiao.api.schemas import OpenAIErrorOut, error_responses
+from qiao.service.core import QiaoService
+from qiao.settings import Settings, get_settings
 
 
 def create_app(settings: Settings | None = None, service: QiaoService | None = None, load: bool = True) -> FastAPI:

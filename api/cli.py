@@ -13,7 +13,7 @@ import textwrap
 from contextlib import contextmanager
 from pathlib import Path
 
-from settings import Settings
+from qiao.settings import Settings
 
 
 class CLIError(Exception):
@@ -37,13 +37,13 @@ def _settings(args) -> Settings:
 
 
 def _service(args):
-    from api.service import QiaoService
+    from qiao.service.core import QiaoService
 
     return QiaoService(_settings(args))
 
 
 def _loaded_service(args):
-    from index.store import IndexLoadError
+    from qiao.index.store import IndexLoadError
 
     service = _service(args)
     try:
@@ -58,7 +58,7 @@ def cmd_index(args) -> int:
     corpus_dir = Path(service.settings.corpus_dir)
     if not corpus_dir.is_dir():
         raise CLIError(f"corpus directory {corpus_dir} does not exist or is not a directory")
-    from corpus.loader import DocumentError
+    from qiao.corpus.loader import DocumentError
 
     try:
         service.recover()  # finish (or undo) a document update a crash interrupted, before reading the documents
@@ -92,8 +92,8 @@ def _writer_lock(service, timeout: float = 600):
 
 
 def _index_locked(args, service, corpus_dir: Path) -> int:
-    from api.service import collect_documents
-    from index.store import IndexBusyError
+    from qiao.service.core import collect_documents
+    from qiao.index.store import IndexBusyError
 
     result = collect_documents(service.settings)
     for err in result.errors:
@@ -138,7 +138,7 @@ def _validated(model, **fields):
 def cmd_search(args) -> int:
     import time
 
-    from api.schemas import SearchFilters, SearchRequest
+    from qiao.api.schemas import SearchFilters, SearchRequest
 
     filters = _validated(SearchFilters, lang=args.lang, region=args.region, date_from=args.date_from, date_to=args.date_to, doc_id=args.doc_id)
     req = _validated(SearchRequest, query=args.query, k=args.k, mode=args.mode, filters=filters)
@@ -163,7 +163,7 @@ def cmd_search(args) -> int:
 def cmd_serve(args) -> int:
     import uvicorn
 
-    from api.app import create_app
+    from qiao.api.app import create_app
 
     settings = _settings(args)
     host = args.host or settings.host
@@ -174,9 +174,9 @@ def cmd_serve(args) -> int:
 
 def _update_error(exc: Exception) -> CLIError:
     """One-line message for a failed add / remove (nothing was changed)."""
-    from api.service import LastDocumentError, UnknownDocumentError, UpdateError
-    from corpus.loader import DocumentError
-    from index.store import IndexBusyError
+    from qiao.service.core import LastDocumentError, UnknownDocumentError, UpdateError
+    from qiao.corpus.loader import DocumentError
+    from qiao.index.store import IndexBusyError
 
     if isinstance(exc, UnknownDocumentError):
         return CLIError(f"unknown doc_id {exc.args[0]!r}: list documents with `qiao search` --json or GET /documents")
@@ -227,7 +227,7 @@ def cmd_remove(args) -> int:
 
 
 def _ask_filters(args):
-    from api.schemas import SearchFilters
+    from qiao.api.schemas import SearchFilters
 
     return _validated(
         SearchFilters, lang=args.lang, region=args.region, date_from=args.date_from, date_to=args.date_to, doc_id=args.doc_id
@@ -235,8 +235,8 @@ def _ask_filters(args):
 
 
 def cmd_ask(args) -> int:
-    from api.routes_ask import AskRequest
-    from qa.pipeline import engine_for
+    from qiao.api.routes_ask import AskRequest
+    from qiao.qa.pipeline import engine_for
 
     req = _validated(AskRequest, question=args.question, k=args.k, filters=_ask_filters(args))
     service = _loaded_service(args)
@@ -263,8 +263,8 @@ def cmd_ask(args) -> int:
 
 
 def cmd_eval_qa(args) -> int:
-    from qa.evaluate import DEFAULT_QUESTIONS, format_table, load_questions, run_eval
-    from qa.pipeline import engine_for
+    from qiao.qa.evaluate import DEFAULT_QUESTIONS, format_table, load_questions, run_eval
+    from qiao.qa.pipeline import engine_for
 
     path = Path(args.questions) if args.questions else DEFAULT_QUESTIONS
     try:
@@ -309,10 +309,10 @@ def cmd_eval(args) -> int:
             import matplotlib  # noqa: F401
     except ImportError as exc:
         raise CLIError(f"qiao eval needs the 'eval' extra ({exc.name} is missing): pip install 'qiao[eval]'") from None
-    from eval.beir import DatasetError, load_beir
-    from eval.report import text_table, write_report
-    from eval.run import evaluate
-    from retriever.models import MODES
+    from qiao.eval.beir import DatasetError, load_beir
+    from qiao.eval.report import text_table, write_report
+    from qiao.eval.run import evaluate
+    from qiao.retriever.models import MODES
 
     modes = args.mode or ["bm25", "vector", "hybrid"]
     for m in modes:

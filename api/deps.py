@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import Depends, HTTPException
 
-from api.service import QiaoService, Snapshot
+from qiao.service.core import QiaoService, Snapshot
 
 
 def get_service() -> QiaoService:  # replaced by create_app through dependency_overrides

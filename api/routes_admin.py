@@ -17,9 +17,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from api.deps import get_service
-from api.schemas import DocumentMeta
-from api.service import (
+from qiao.api.deps import get_service
+from qiao.api.schemas import DocumentMeta
+from qiao.service.core import (
     DuplicateDocumentError,
     LastDocumentError,
     QiaoService,
@@ -27,9 +27,9 @@ from api.service import (
     UpdateError,
     UpdateReport,
 )
-from corpus.extract import SUPPORTED_SUFFIXES, UnsupportedFileType
-from corpus.loader import DocumentError
-from index.store import IndexBusyError
+from qiao.corpus.extract import SUPPORTED_SUFFIXES, UnsupportedFileType
+from qiao.corpus.loader import DocumentError
+from qiao.index.store import IndexBusyError
 
 router = APIRouter(tags=["manage"])
 

@@ -7,11 +7,11 @@ import time
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from api.deps import get_service, get_snapshot
-from api.routes_core import check_doc_ids
-from api.schemas import HitOut, SearchFilters, _check_text
-from api.service import QiaoService, Snapshot
-from qa.pipeline import engine_for
+from qiao.api.deps import get_service, get_snapshot
+from qiao.api.routes_core import check_doc_ids
+from qiao.api.schemas import HitOut, SearchFilters, _check_text
+from qiao.service.core import QiaoService, Snapshot
+from qiao.qa.pipeline import engine_for
 
 router = APIRouter()
 

@@ -6,8 +6,8 @@ import time
 
 from fastapi import APIRouter, Depends, HTTPException, Query
 
-from api.deps import get_service, get_snapshot
-from api.schemas import (
+from qiao.api.deps import get_service, get_snapshot
+from qiao.api.schemas import (
     DocumentList,
     DocumentMeta,
     DocumentOut,
@@ -17,7 +17,7 @@ from api.schemas import (
     SearchResponse,
     error_responses,
 )
-from api.service import QiaoService, Snapshot
+from qiao.service.core import QiaoService, Snapshot
 
 router = APIRouter()
 

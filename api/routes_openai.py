@@ -31,11 +31,11 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import get_service
-from api.schemas import MAX_QUERY_CHARS, SearchFilters
-from api.service import QiaoService
-from corpus.gazetteer import find_region_mentions, get_region
-from corpus.lang import cjk_count, detect_lang
+from qiao.api.deps import get_service
+from qiao.api.schemas import MAX_QUERY_CHARS, SearchFilters
+from qiao.service.core import QiaoService
+from qiao.corpus.gazetteer import find_region_mentions, get_region
+from qiao.corpus.lang import cjk_count, detect_lang
 
 MODEL_ID = "qiao"
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
@@ -261,7 +261,7 @@ def _get(obj: Any, name: str, default=None):
 def sources_heading(lang: str, question: str) -> str:
     if lang != "zh":
         return "Sources:"
-    from qa.question import chinese_script
+    from qiao.qa.question import chinese_script
 
     return "來源：" if chinese_script(question) == "hant" else "来源："
 
@@ -313,7 +313,7 @@ def split_for_stream(text: str, size: int = 24) -> list[str]:
 
 def _ask(service: QiaoService, snap, question: str, k: int, filters: SearchFilters):
     """The ``/ask`` pipeline's :class:`qa.models.Answer` for ``question`` over snapshot ``snap``."""
-    from qa.pipeline import engine_for  # the qa layer owns the pipeline; this route only calls it
+    from qiao.qa.pipeline import engine_for  # the qa layer owns the pipeline; this route only calls it
 
     return engine_for(snap, service.settings).ask(question, k=k, filters=filters.to_filters())
 

@@ -12,9 +12,9 @@ from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
 
-from api.deps import get_service
-from api.service import QiaoService
-from corpus.gazetteer import get_region
+from qiao.api.deps import get_service
+from qiao.service.core import QiaoService
+from qiao.corpus.gazetteer import get_region
 
 router = APIRouter()
 

@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from retriever.filters import check_date_range, check_iso_date, resolve_region_names
-from retriever.models import Filters
+from qiao.retriever.filters import check_date_range, check_iso_date, resolve_region_names
+from qiao.retriever.models import Filters
 
 MAX_QUERY_CHARS = 2000
 

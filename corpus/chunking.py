@@ -28,11 +28,11 @@ from __future__ import annotations
 import bisect
 import re
 
-from corpus.cleaning import noise_spans, render_span
-from corpus.gazetteer import expand_with_parents, find_regions
-from corpus.lang import detect_lang
-from corpus.metadata import is_date_line
-from corpus.models import Chunk, Document
+from qiao.corpus.cleaning import noise_spans, render_span
+from qiao.corpus.gazetteer import expand_with_parents, find_regions
+from qiao.corpus.lang import detect_lang
+from qiao.corpus.metadata import is_date_line
+from qiao.corpus.models import Chunk, Document
 
 Span = tuple[int, int]
 

@@ -15,8 +15,8 @@ import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath, PureWindowsPath
 
-from corpus.loader import DocumentError, decode_bytes, document_from_text
-from corpus.models import Document
+from qiao.corpus.loader import DocumentError, decode_bytes, document_from_text
+from qiao.corpus.models import Document
 
 KINDS = {".txt": "text", ".md": "text", ".markdown": "text", ".html": "html", ".htm": "html", ".pdf": "pdf"}
 SUPPORTED_SUFFIXES = tuple(KINDS)

@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from corpus.metadata import extract_metadata
-from corpus.models import Document
+from qiao.corpus.metadata import extract_metadata
+from qiao.corpus.models import Document
 
 SUPPORTED_SUFFIXES = (".txt", ".md")
 

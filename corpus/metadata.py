@@ -10,8 +10,8 @@ from __future__ import annotations
 import datetime as _dt
 import re
 
-from corpus.cleaning import noise_spans, render_span
-from corpus.lang import detect_lang
+from qiao.corpus.cleaning import noise_spans, render_span
+from qiao.corpus.lang import detect_lang
 
 _MONTHS = {
     "jan": 1, "january": 1, "feb": 2, "february": 2, "mar": 3, "march": 3, "apr": 4, "april": 4,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from index.store import sha256_file
+from qiao.index.store import sha256_file
 
 
 class DatasetError(ValueError):

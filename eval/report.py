@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from eval.metrics import METRICS
-from eval.run import EvalResult
+from qiao.eval.metrics import METRICS
+from qiao.eval.run import EvalResult
 
 COLUMNS = list(METRICS) + ["p50 ms", "p95 ms"]
 

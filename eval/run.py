@@ -30,14 +30,14 @@ from typing import Callable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from corpus.lang import detect_lang
-from corpus.models import Document
-from eval.beir import BeirDataset
-from eval.metrics import METRICS, per_query
-from index.embedders import CachedEmbedder, make_embedder, text_key
-from index.store import LoadedIndex, build_index, current_build, load_index
-from retriever.hybrid import HybridRetriever
-from retriever.models import MODES
+from qiao.corpus.lang import detect_lang
+from qiao.corpus.models import Document
+from qiao.eval.beir import BeirDataset
+from qiao.eval.metrics import METRICS, per_query
+from qiao.index.embedders import CachedEmbedder, make_embedder, text_key
+from qiao.index.store import LoadedIndex, build_index, current_build, load_index
+from qiao.retriever.hybrid import HybridRetriever
+from qiao.retriever.models import MODES
 
 RUN_DEPTH = 100
 """Documents kept per query (Recall@100 needs 100)."""
@@ -74,8 +74,8 @@ def beir_documents(dataset: BeirDataset) -> list[Document]:
 def index_fingerprint(dataset: BeirDataset, settings, model_id: str) -> str:
     """Hash of everything that shapes the eval index: corpus bytes, index settings, embedder,
     analyser fingerprint and the chunking code."""
-    from index.analysers import analyser_fingerprint
-    from settings import PROJECT_ROOT
+    from qiao.index.analysers import analyser_fingerprint
+    from qiao.settings import PROJECT_ROOT
 
     h = hashlib.sha256()
     h.update(dataset.corpus_sha256.encode())

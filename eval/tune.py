@@ -27,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.beir import BeirDataset, load_beir
-from eval.run import embed_queries, ensure_index, run_mode, sample_queries, score_runs
-from index.embedders import make_embedder
-from retriever.hybrid import HybridRetriever
+from qiao.eval.beir import BeirDataset, load_beir
+from qiao.eval.run import embed_queries, ensure_index, run_mode, sample_queries, score_runs
+from qiao.index.embedders import make_embedder
+from qiao.retriever.hybrid import HybridRetriever
 
 INDEX_KEYS = {"chunk_size", "chunk_overlap", "embedder", "st_model", "hnsw_threshold"}
 
@@ -132,7 +132,7 @@ GRIDS: dict[str, list[dict]] = {
 def _analyser_overrides(args) -> None:
     """Analyser variants are module constants of index.analysers (read when tokens are made, and
     part of analyser_fingerprint, so each variant gets its own eval index; vectors stay cached)."""
-    from index import analysers
+    from qiao.index import analysers
 
     if args.chinese_mode:
         analysers.CHINESE_MODE = args.chinese_mode
@@ -147,7 +147,7 @@ def _analyser_overrides(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from settings import Settings
+    from qiao.settings import Settings
 
     ap = argparse.ArgumentParser(prog="python -m eval.tune", description=__doc__.split("\n\n")[0])
     ap.add_argument("datasets", nargs="+", help="BEIR dataset directories")

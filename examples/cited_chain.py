@@ -26,7 +26,7 @@ from langchain_core.output_parsers import StrOutputParser  # noqa: E402
 from langchain_core.prompts import ChatPromptTemplate  # noqa: E402
 from langchain_core.runnables import Runnable, RunnableLambda, RunnableParallel, RunnablePassthrough  # noqa: E402
 
-from retriever.langchain import QiaoRetriever, QiaoSearchError, format_citation, format_documents  # noqa: E402
+from qiao.retriever.langchain import QiaoRetriever, QiaoSearchError, format_citation, format_documents  # noqa: E402
 
 PROMPT = ChatPromptTemplate.from_messages(
     [
@@ -75,8 +75,8 @@ def make_retriever(args: argparse.Namespace) -> QiaoRetriever:
     if args.url:
         return QiaoRetriever.from_url(args.url, **filters)
 
-    from api.service import QiaoService, collect_documents
-    from settings import Settings
+    from qiao.service.core import QiaoService, collect_documents
+    from qiao.settings import Settings
 
     settings = Settings(data_dir=Path(args.data_dir)) if args.data_dir else Settings()
     service = QiaoService(settings)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from index.analysers import DATA_DIR, match_keys, normalize, tokenize
+from qiao.index.analysers import DATA_DIR, match_keys, normalize, tokenize
 
 GLOSSARY_PATH = DATA_DIR / "glossary.tsv"
 FALLBACK_REGIONS_PATH = DATA_DIR / "regions_fallback.tsv"
@@ -94,7 +94,7 @@ def _read_tsv(path: Path, kind: str) -> list[GlossaryEntry]:
 def _gazetteer_regions() -> list[GlossaryEntry] | None:
     """Regions of :mod:`corpus.gazetteer` as entries, or None when it is unavailable."""
     try:
-        from corpus import gazetteer  # imported lazily: optional, and corpus must not need index
+        from qiao.corpus import gazetteer  # imported lazily: optional, and corpus must not need index
 
         regions = list(gazetteer.all_regions())
     except Exception as exc:  # missing module, half-written module, bad data: fall back

@@ -28,11 +28,11 @@ from typing import Callable, Sequence
 import numpy as np
 from filelock import FileLock, Timeout
 
-from corpus.chunking import chunk_document
-from corpus.models import Chunk, Document
-from index.analysers import analyser_fingerprint, tokenize_many
-from index.bm25 import BM25Index
-from index.vectors import VectorIndex
+from qiao.corpus.chunking import chunk_document
+from qiao.corpus.models import Chunk, Document
+from qiao.index.analysers import analyser_fingerprint, tokenize_many
+from qiao.index.bm25 import BM25Index
+from qiao.index.vectors import VectorIndex
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -54,7 +54,7 @@ def pipeline_fingerprint() -> str:
     Part of the manifest's settings, so a change to the chunker, the gazetteer or the
     analysers makes the index stale (embeddings are still reused from the cache).
     """
-    import corpus
+    from qiao import corpus
 
     h = hashlib.sha256(analyser_fingerprint().encode())
     root = Path(corpus.__file__).parent

@@ -15,9 +15,9 @@ import re
 import threading
 from dataclasses import dataclass, field
 
-from corpus.gazetteer import display_name
-from index.analysers import to_simplified
-from qa.models import Citation, Sentence
+from qiao.corpus.gazetteer import display_name
+from qiao.index.analysers import to_simplified
+from qiao.qa.models import Citation, Sentence
 
 _MONTHS_EN = (
     "January February March April May June July August September October November December"

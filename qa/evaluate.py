@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from corpus.gazetteer import display_name
-from index.analysers import to_simplified
-from qa.models import Answer
+from qiao.corpus.gazetteer import display_name
+from qiao.index.analysers import to_simplified
+from qiao.qa.models import Answer
 
 DEFAULT_QUESTIONS = Path(__file__).resolve().parent.parent / "eval" / "questions" / "seed_qa.jsonl"
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import re
 
-from corpus.gazetteer import find_regions, get_region
-from corpus.metadata import parse_date
-from index.analysers import tokenize
-from qa.models import Sentence
-from qa.question import Question
+from qiao.corpus.gazetteer import find_regions, get_region
+from qiao.corpus.metadata import parse_date
+from qiao.index.analysers import tokenize
+from qiao.qa.models import Sentence
+from qiao.qa.question import Question
 
 # --- dates ------------------------------------------------------------------------------------
 

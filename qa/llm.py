@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Iterable
 
-from corpus.lang import detect_lang
+from qiao.corpus.lang import detect_lang
 
 log = logging.getLogger("qiao.llm")
 

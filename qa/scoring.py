@@ -18,12 +18,12 @@ from typing import Sequence
 
 import numpy as np
 
-from corpus.gazetteer import expand_with_parents
-from index.analysers import tokenize
-from index.bm25 import BM25Index
-from qa.facts import evidence_date, figures
-from qa.models import ScoredSentence, Sentence
-from qa.question import Question
+from qiao.corpus.gazetteer import expand_with_parents
+from qiao.index.analysers import tokenize
+from qiao.index.bm25 import BM25Index
+from qiao.qa.facts import evidence_date, figures
+from qiao.qa.models import ScoredSentence, Sentence
+from qiao.qa.question import Question
 
 LEXICAL_WEIGHT = 0.5
 BRIDGE_FACTOR = 1.0

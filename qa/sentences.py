@@ -16,13 +16,13 @@ import bisect
 import re
 from dataclasses import dataclass
 
-from corpus.chunking import split_long_span, sentence_spans
-from corpus.cleaning import noise_spans
-from corpus.gazetteer import expand_with_parents, find_regions
-from corpus.lang import cjk_count, detect_lang
-from corpus.metadata import is_date_line
-from corpus.models import Chunk, Document
-from qa.models import Sentence
+from qiao.corpus.chunking import split_long_span, sentence_spans
+from qiao.corpus.cleaning import noise_spans
+from qiao.corpus.gazetteer import expand_with_parents, find_regions
+from qiao.corpus.lang import cjk_count, detect_lang
+from qiao.corpus.metadata import is_date_line
+from qiao.corpus.models import Chunk, Document
+from qiao.qa.models import Sentence
 
 Span = tuple[int, int]
 

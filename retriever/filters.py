@@ -6,10 +6,10 @@ import datetime as dt
 
 import numpy as np
 
-from corpus.gazetteer import resolve_region
+from qiao.corpus.gazetteer import resolve_region
 
-from index.store import LoadedIndex
-from retriever.models import Filters
+from qiao.index.store import LoadedIndex
+from qiao.retriever.models import Filters
 
 
 def filter_mask(index: LoadedIndex, filters: Filters | None) -> np.ndarray | None:

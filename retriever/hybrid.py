@@ -6,13 +6,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from corpus.lang import detect_lang
-from index.analysers import tokenize
-from index.glossary import expand_query
-from index.store import LoadedIndex
-from retriever.filters import filter_mask
-from retriever.fusion import calibrated_vector, fuse
-from retriever.models import MODES, Filters, Hit
+from qiao.corpus.lang import detect_lang
+from qiao.index.analysers import tokenize
+from qiao.index.glossary import expand_query
+from qiao.index.store import LoadedIndex
+from qiao.retriever.filters import filter_mask
+from qiao.retriever.fusion import calibrated_vector, fuse
+from qiao.retriever.models import MODES, Filters, Hit
 
 
 def _top_rows(scores: np.ndarray, depth: int, mask: np.ndarray | None) -> np.ndarray:

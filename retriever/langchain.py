@@ -26,8 +26,8 @@ from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from pydantic import Field, field_validator, model_validator
 
-from retriever.filters import check_date_range, check_iso_date, resolve_region_names
-from retriever.models import Filters, Hit
+from qiao.retriever.filters import check_date_range, check_iso_date, resolve_region_names
+from qiao.retriever.models import Filters, Hit
 
 
 class QiaoSearchError(RuntimeError):
@@ -80,7 +80,7 @@ class QiaoRetriever(BaseRetriever):
 
     Exactly one backend:
 
-    * ``backend``: a local searcher: an ``api.service.QiaoService`` (its current snapshot is used
+    * ``backend``: a local searcher: an ``qiao.service.core.QiaoService`` (its current snapshot is used
       on every call, so index rebuilds are picked up) or anything with
       ``search(query, k, mode, filters) -> list[Hit]`` such as ``HybridRetriever``;
     * ``base_url``: a running Qiao server (``POST {base_url}/search``).
@@ -133,9 +133,9 @@ class QiaoRetriever(BaseRetriever):
     @classmethod
     def from_settings(cls, settings=None, **kw) -> "QiaoRetriever":
         """Load the index under ``settings.index_dir`` (default: ``get_settings()``); raises if there is none."""
-        from api.service import QiaoService  # local import: only this constructor needs the service layer
-        from index.store import IndexLoadError
-        from settings import get_settings
+        from qiao.service.core import QiaoService  # local import: only this constructor needs the service layer
+        from qiao.index.store import IndexLoadError
+        from qiao.settings import get_settings
 
         service = QiaoService(settings or get_settings())
         try:

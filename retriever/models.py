@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from corpus.models import Chunk
+from qiao.corpus.models import Chunk
 
 MODES = ("hybrid", "bm25", "vector")
 

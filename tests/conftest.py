@@ -10,8 +10,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from api.service import QiaoService, collect_documents  # noqa: E402
-from settings import PROJECT_ROOT, Settings  # noqa: E402
+from qiao.service.core import QiaoService, collect_documents  # noqa: E402
+from qiao.settings import PROJECT_ROOT, Settings  # noqa: E402
 
 SEED_DIR = PROJECT_ROOT / "corpus" / "documents"
 
@@ -43,7 +43,7 @@ def seed_service(tmp_path_factory, shared_cache_dir) -> QiaoService:
 
 
 def _share_cache(service: QiaoService, cache_dir: Path) -> None:
-    from index.embedders import EmbeddingCache
+    from qiao.index.embedders import EmbeddingCache
 
     service.embedder.cache = EmbeddingCache(cache_dir / "embeddings.sqlite")
 

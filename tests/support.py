@@ -8,7 +8,7 @@ import time
 
 import uvicorn
 
-from api.app import create_app
+from qiao.api.app import create_app
 
 
 def free_port() -> int:

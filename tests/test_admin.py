@@ -14,12 +14,12 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
-import api.service as service_mod
-from api.app import create_app
-from api.service import UpdateError, collect_documents
-from corpus.extract import extract
-from corpus.loader import DocumentError
-from index.store import current_build
+import qiao.service.core as service_mod
+from qiao.api.app import create_app
+from qiao.service.core import UpdateError, collect_documents
+from qiao.corpus.extract import extract
+from qiao.corpus.loader import DocumentError
+from qiao.index.store import current_build
 from support import free_port
 
 NEW_DOC = (
@@ -467,7 +467,7 @@ def test_a_second_writer_waits_for_the_first(built):
 
 
 def test_cli_add_and_remove(tmp_path, capsys):
-    from api.cli import main
+    from qiao.api.cli import main
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -514,7 +514,7 @@ def test_refresh_picks_up_an_update_made_by_another_process(built):
 @pytest.mark.parametrize("stop_after", ["index-switched", "first-rename"])
 def test_an_update_killed_after_the_index_switched_is_rolled_forward(built, monkeypatch, stop_after):
     """The crash window between the index switch and the store commit: the journal finishes the job."""
-    from api.doc_store import DocumentStore
+    from qiao.service.documents import DocumentStore
 
     service = built()
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from index import analysers, glossary
-from index.analysers import analyser_fingerprint, match_keys, to_simplified, tokenize, tokenize_many
-from index.glossary import bridge_terms, expand_query, glossary_entries, reload_glossary
+from qiao.index import analysers, glossary
+from qiao.index.analysers import analyser_fingerprint, match_keys, to_simplified, tokenize, tokenize_many
+from qiao.index.glossary import bridge_terms, expand_query, glossary_entries, reload_glossary
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "documents"
 
@@ -232,7 +232,7 @@ def test_glossary_data_quality():
 
 def test_regions_come_from_gazetteer_when_present():
     try:
-        from corpus import gazetteer
+        from qiao.corpus import gazetteer
 
         regions = gazetteer.all_regions()
     except Exception:
@@ -244,7 +244,7 @@ def test_regions_come_from_gazetteer_when_present():
 
 
 def test_fallback_regions_when_gazetteer_missing(monkeypatch):
-    monkeypatch.setitem(sys.modules, "corpus.gazetteer", None)  # makes the import raise ImportError
+    monkeypatch.setitem(sys.modules, "qiao.corpus.gazetteer", None)  # makes the import raise ImportError
     reload_glossary()
     try:
         regions = [e for e in glossary_entries() if e.kind == "region"]

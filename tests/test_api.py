@@ -7,7 +7,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
+from qiao.api.app import create_app
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_documents_list_and_span(client, seed_service):
 
 
 def test_no_index_gives_503_not_500(tmp_path):
-    from settings import Settings
+    from qiao.settings import Settings
 
     with TestClient(create_app(Settings(data_dir=tmp_path))) as c:
         assert c.get("/health").json()["index_loaded"] is False

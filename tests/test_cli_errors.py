@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from api.cli import main
-from index.store import current_build
-from settings import PROJECT_ROOT
+from qiao.api.cli import main
+from qiao.index.store import current_build
+from qiao.settings import PROJECT_ROOT
 
 SEED_DIR = PROJECT_ROOT / "corpus" / "documents"
 
@@ -51,7 +51,7 @@ def cli(capsys, *argv: str) -> tuple[int, str, str]:
 
 def run_cli(*argv: str, timeout: float = 120, user: int | None = None) -> subprocess.CompletedProcess:
     """``qiao`` in a child process (the real entry point, with a timeout against hangs)."""
-    cmd = [sys.executable, "-m", "api.cli", *argv]
+    cmd = [sys.executable, "-m", "qiao.api.cli", *argv]
     if user is not None:
         cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *cmd]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(PROJECT_ROOT)}

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from api.schemas import SearchFilters
+from qiao.api.schemas import SearchFilters
 
 QUERIES = [
     ("stem cell clinical research", "hybrid", {}),

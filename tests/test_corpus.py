@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from corpus.chunking import chunk_document, sentence_spans
-from corpus.cleaning import clean_span, noise_spans
-from corpus.gazetteer import (
+from qiao.corpus.chunking import chunk_document, sentence_spans
+from qiao.corpus.cleaning import clean_span, noise_spans
+from qiao.corpus.gazetteer import (
     all_regions,
     display_name,
     expand_with_parents,
@@ -18,10 +18,10 @@ from corpus.gazetteer import (
     get_region,
     resolve_region,
 )
-from corpus.lang import detect_lang
-from corpus.loader import DocumentError, document_from_text, load_document, load_documents
-from corpus.metadata import extract_metadata, is_date_line, parse_date
-from corpus.models import Document
+from qiao.corpus.lang import detect_lang
+from qiao.corpus.loader import DocumentError, document_from_text, load_document, load_documents
+from qiao.corpus.metadata import extract_metadata, is_date_line, parse_date
+from qiao.corpus.models import Document
 
 SEED_DIR = Path(__file__).resolve().parent.parent / "corpus" / "documents"
 NOISE_MARKERS = ("IMG_", "Return to List", "Prve:", "Next:", "baseline;", "font-size", "”>")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from qa.evaluate import (
+from qiao.qa.evaluate import (
     DEFAULT_QUESTIONS,
     EvalQuestion,
     calibrate,
@@ -17,8 +17,8 @@ from qa.evaluate import (
     score_answer,
     summarise,
 )
-from qa.models import Answer, Citation
-from qa.pipeline import engine_for
+from qiao.qa.models import Answer, Citation
+from qiao.qa.pipeline import engine_for
 from tests.conftest import SEED_DIR
 
 
@@ -125,7 +125,7 @@ def test_eval_on_the_seed_corpus(seed_service, questions):
 
 
 def test_cli_eval_qa(monkeypatch, capsys, seed_service, tmp_path):
-    from api import cli
+    from qiao.api import cli
 
     monkeypatch.setattr(cli, "_loaded_service", lambda args: seed_service)
     subset = tmp_path / "sub.jsonl"

@@ -10,10 +10,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from api.cli import main as cli_main
-from eval.beir import DatasetError, load_beir
-from eval.metrics import aggregate, per_query
-from eval.run import rows_to_docs
+from qiao.api.cli import main as cli_main
+from qiao.eval.beir import DatasetError, load_beir
+from qiao.eval.metrics import aggregate, per_query
+from qiao.eval.run import rows_to_docs
 
 DATA = Path(__file__).parent / "data"
 TINY = DATA / "beir_tiny"
@@ -199,7 +199,7 @@ def test_cli_eval_rejects_unknown_mode(tmp_path, capsys):
 def test_calibrated_fusion_balances_languages_and_gates_bm25():
     import numpy as np
 
-    from retriever.fusion import bm25_trust, calibrated_fusion, calibrated_vector
+    from qiao.retriever.fusion import bm25_trust, calibrated_fusion, calibrated_vector
 
     # rows 0-5 English, 6-11 Chinese; an English query: English cosines sit ~0.07 higher
     lang = np.array(["en"] * 6 + ["zh"] * 6)

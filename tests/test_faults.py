@@ -29,13 +29,13 @@ from fastapi.testclient import TestClient
 from filelock import FileLock
 
 from support import free_port
-from api.app import create_app
-from api.service import QiaoService, collect_documents
-from corpus.extract import extract
-from corpus.chunking import chunk_document
-from index.embedders import text_key
-from index.store import current_build, load_index
-from settings import PROJECT_ROOT, Settings
+from qiao.api.app import create_app
+from qiao.service.core import QiaoService, collect_documents
+from qiao.corpus.extract import extract
+from qiao.corpus.chunking import chunk_document
+from qiao.index.embedders import text_key
+from qiao.index.store import current_build, load_index
+from qiao.settings import PROJECT_ROOT, Settings
 
 SEED_DIR = PROJECT_ROOT / "corpus" / "documents"
 OLD = ("000", "001", "004")  # the corpus of the index that exists before the crash
@@ -70,7 +70,7 @@ def wrap(name):
 
 for name in ("fsync", "rename", "replace", "symlink", "unlink", "rmdir"):
     wrap(name)
-from api.cli import main
+from qiao.api.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -276,7 +276,7 @@ def test_sigkill_mid_embedding_keeps_the_old_index_and_the_work_done(world):
     before = _cache_rows(cache)
     env = _env(QIAO_EMBED_BATCH_SIZE=2)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "--data-dir", str(data), "index", "--corpus", str(world.new_corpus), "--quiet"],
+        [sys.executable, "-m", "qiao.api.cli", "--data-dir", str(data), "index", "--corpus", str(world.new_corpus), "--quiet"],
         cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -291,7 +291,7 @@ def test_sigkill_mid_embedding_keeps_the_old_index_and_the_work_done(world):
     assert 0 < saved < len(set(keys))
     assert check_after_index_crash(world, data, 5) == "old"
     r = subprocess.run(
-        [sys.executable, "-m", "api.cli", "--data-dir", str(data), "index", "--corpus", str(world.new_corpus), "--quiet"],
+        [sys.executable, "-m", "qiao.api.cli", "--data-dir", str(data), "index", "--corpus", str(world.new_corpus), "--quiet"],
         cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert r.returncode == 0, r.stderr
@@ -304,7 +304,7 @@ def test_sigkill_at_a_random_time_during_qiao_index(world, run):
     data = world.fresh(f"random-kill-{run}")
     delay = random.Random(run).uniform(0.2, 2.5)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "--data-dir", str(data), "index", "--corpus", str(world.new_corpus), "--quiet"],
+        [sys.executable, "-m", "qiao.api.cli", "--data-dir", str(data), "index", "--corpus", str(world.new_corpus), "--quiet"],
         cwd=PROJECT_ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     time.sleep(delay)
@@ -523,7 +523,7 @@ def test_cli_index_waits_for_a_writer_holding_the_documents_lock(world):
     lock = FileLock(str(data / "documents" / ".lock"))
     lock.acquire()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "--data-dir", str(data), "index", "--corpus", str(world.new_corpus), "--quiet"],
+        [sys.executable, "-m", "qiao.api.cli", "--data-dir", str(data), "index", "--corpus", str(world.new_corpus), "--quiet"],
         cwd=PROJECT_ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -559,7 +559,7 @@ def test_cli_add_while_the_server_reindexes(world):
         t = threading.Thread(target=reindex)
         t.start()
         add = subprocess.run(
-            [sys.executable, "-m", "api.cli", "--data-dir", str(data), "add", "--corpus", str(world.new_corpus), "--quiet", str(doc)],
+            [sys.executable, "-m", "qiao.api.cli", "--data-dir", str(data), "add", "--corpus", str(world.new_corpus), "--quiet", str(doc)],
             cwd=PROJECT_ROOT, env=_env(), capture_output=True, text=True, timeout=180,
         )
         t.join(timeout=180)
@@ -579,8 +579,8 @@ def test_cli_add_while_the_server_reindexes(world):
 def test_a_writer_that_cannot_get_the_lock_gets_a_clear_busy_error(world):
     """The loser of two writers either waits (the default) or, past its timeout, gets a "busy" error
     that the API answers with 503 and Retry-After; nothing is changed."""
-    from api.routes_admin import _update_errors
-    from index.store import IndexBusyError
+    from qiao.api.routes_admin import _update_errors
+    from qiao.index.store import IndexBusyError
 
     data = world.fresh("busy")
     service = world.service(data, corpus=world.old_corpus)

@@ -8,9 +8,9 @@ import os
 import numpy as np
 import pytest
 
-from api.service import collect_documents
-from index.embedders import CachedEmbedder, EmbeddingCache
-from index.store import IndexLoadError, current_build, load_index
+from qiao.service.core import collect_documents
+from qiao.index.embedders import CachedEmbedder, EmbeddingCache
+from qiao.index.store import IndexLoadError, current_build, load_index
 
 
 def test_index_on_disk_matches_corpus(seed_service):

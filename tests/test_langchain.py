@@ -15,8 +15,8 @@ from langchain_core.messages import ToolMessage
 from langchain_core.runnables import RunnableLambda
 from pydantic import ValidationError
 
-from retriever.langchain import QiaoRetriever, QiaoSearchError, format_documents
-from settings import PROJECT_ROOT
+from qiao.retriever.langchain import QiaoRetriever, QiaoSearchError, format_documents
+from qiao.settings import PROJECT_ROOT
 from support import free_port
 
 META_KEYS = {"doc_id", "chunk_id", "source", "title", "start", "end", "date", "regions", "lang", "score", "bm25_score", "vector_score", "rank"}

@@ -15,9 +15,9 @@ from fastapi import FastAPI, Request
 from langchain_core.language_models.fake_chat_models import FakeListChatModel, GenericFakeChatModel
 from langchain_core.messages import AIMessage
 
-from qa.llm import evidence_block, llm_enabled, maybe_llm_answer, validate_cited_text
-from qa.models import Answer, Citation
-from settings import Settings
+from qiao.qa.llm import evidence_block, llm_enabled, maybe_llm_answer, validate_cited_text
+from qiao.qa.models import Answer, Citation
+from qiao.settings import Settings
 from support import free_port
 
 
@@ -182,9 +182,9 @@ QUESTION = "When did Tianjin issue the regulations on promoting the gene and cel
 def test_ask_pipeline_and_endpoints_use_the_llm_only_when_configured(seed_service, stub_llm_url):
     from fastapi.testclient import TestClient
 
-    from api.app import create_app
-    from api.service import QiaoService
-    from qa.pipeline import AnswerEngine, engine_for
+    from qiao.api.app import create_app
+    from qiao.service.core import QiaoService
+    from qiao.qa.pipeline import AnswerEngine, engine_for
 
     url, requests = stub_llm_url
     snap = seed_service.snapshot

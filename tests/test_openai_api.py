@@ -9,9 +9,9 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from api.routes_openai import follow_up_rest, resolve_question, split_for_stream
-from qa.pipeline import engine_for
+from qiao.api.app import create_app
+from qiao.api.routes_openai import follow_up_rest, resolve_question, split_for_stream
+from qiao.qa.pipeline import engine_for
 
 QUESTION = "When did Tianjin issue the regulations on promoting the gene and cell industry?"
 
@@ -208,7 +208,7 @@ def test_text_parts_and_tool_turns_are_accepted(tc):
 
 
 def test_no_index_is_503_in_the_openai_shape(tmp_path):
-    from settings import Settings
+    from qiao.settings import Settings
 
     with TestClient(create_app(Settings(data_dir=tmp_path))) as c:
         r = c.post("/v1/chat/completions", json={"model": "qiao", "messages": [U]})

@@ -15,15 +15,15 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from corpus.chunking import chunk_document, sentence_spans
-from corpus.cleaning import clean_span, clean_text, noise_spans
-from corpus.gazetteer import find_region_mentions, find_regions, resolve_region
-from corpus.lang import detect_lang
-from corpus.loader import DocumentError, doc_id_for_bytes, document_from_text
-from corpus.metadata import extract_metadata, is_date_line, parse_date
-from corpus.models import Document
-from index.analysers import match_keys, normalize, to_simplified, tokenize
-from index.glossary import bridge_terms, expand_query
+from qiao.corpus.chunking import chunk_document, sentence_spans
+from qiao.corpus.cleaning import clean_span, clean_text, noise_spans
+from qiao.corpus.gazetteer import find_region_mentions, find_regions, resolve_region
+from qiao.corpus.lang import detect_lang
+from qiao.corpus.loader import DocumentError, doc_id_for_bytes, document_from_text
+from qiao.corpus.metadata import extract_metadata, is_date_line, parse_date
+from qiao.corpus.models import Document
+from qiao.index.analysers import match_keys, normalize, to_simplified, tokenize
+from qiao.index.glossary import bridge_terms, expand_query
 
 # Fast enough for `make test` (~20 s for the whole module on 2 cores); `make soak` has a longer run.
 FAST = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -9,18 +9,18 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from corpus.cleaning import noise_spans
-from corpus.gazetteer import display_name, expand_with_parents, find_regions, resolve_region
-from index.analysers import to_simplified
-from qa.compose import format_date, to_traditional
-from qa.evaluate import load_questions
-from qa.facts import figures, list_level, most_specific
-from qa.pipeline import engine_for
-from qa.question import analyse_question, chinese_script, question_type
-from qa.selection import mmr
-from qa.sentences import unit_spans
-from retriever.models import Filters
+from qiao.api.app import create_app
+from qiao.corpus.cleaning import noise_spans
+from qiao.corpus.gazetteer import display_name, expand_with_parents, find_regions, resolve_region
+from qiao.index.analysers import to_simplified
+from qiao.qa.compose import format_date, to_traditional
+from qiao.qa.evaluate import load_questions
+from qiao.qa.facts import figures, list_level, most_specific
+from qiao.qa.pipeline import engine_for
+from qiao.qa.question import analyse_question, chinese_script, question_type
+from qiao.qa.selection import mmr
+from qiao.qa.sentences import unit_spans
+from qiao.retriever.models import Filters
 from tests.conftest import SEED_DIR, seed_path
 
 MARKER_RE = re.compile(r"\[(\d+)\]")
@@ -260,7 +260,7 @@ def test_post_ask_unanswerable(client):
 
 
 def test_cli_ask(monkeypatch, capsys, seed_service):
-    from api import cli
+    from qiao.api import cli
 
     monkeypatch.setattr(cli, "_loaded_service", lambda args: seed_service)
     assert cli.main(["ask", "When did Tianjin pass the Gene and Cell Industry Promotion Regulations?"]) == 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from retriever.models import Filters
+from qiao.retriever.models import Filters
 
 
 def _search(service, q, **kw):

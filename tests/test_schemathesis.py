@@ -24,10 +24,10 @@ from schemathesis.specs.openapi.checks import (
     positive_data_acceptance,
 )
 
-from api.app import create_app
-from api.service import QiaoService
-from index.store import current_build
-from settings import Settings
+from qiao.api.app import create_app
+from qiao.service.core import QiaoService
+from qiao.index.store import current_build
+from qiao.settings import Settings
 
 FAST_EXAMPLES = int(os.environ.get("QIAO_FUZZ_EXAMPLES", "25"))
 SOAK_EXAMPLES = 150

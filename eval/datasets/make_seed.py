@@ -27,10 +27,10 @@ import json
 import sys
 from pathlib import Path
 
-from corpus.cleaning import clean_span
-from corpus.loader import load_documents
-from corpus.metadata import extract_news_source, is_date_line
-from settings import PROJECT_ROOT
+from qiao.corpus.cleaning import clean_span
+from qiao.corpus.loader import load_documents
+from qiao.corpus.metadata import extract_news_source, is_date_line
+from qiao.settings import PROJECT_ROOT
 
 SEED_DIR = Path(__file__).resolve().parent / "seed"
 MIN_PARAGRAPH_CHARS = 60

@@ -4,7 +4,7 @@ The index and retriever are swapped together as one immutable snapshot, so a
 request always sees a consistent pair while a rebuild swaps in a new one.
 
 Managed documents: the indexed set is the corpus directory minus the documents
-the user deleted, plus the uploaded ones (:mod:`api.doc_store`). ``add_documents``,
+the user deleted, plus the uploaded ones (:mod:`qiao.service.documents`). ``add_documents``,
 ``remove_document`` and ``reindex`` rebuild the index aside (only new or changed
 passages are embedded: the embedding cache holds the rest) and swap it in; a
 failed update leaves the index, the store and the serving snapshot untouched.
@@ -22,12 +22,12 @@ from typing import Callable
 
 from filelock import Timeout
 
-from api.doc_store import DocumentStore
-from corpus.extract import Extracted, extract
-from corpus.loader import DocumentError, LoadResult, load_documents
-from corpus.models import Document
-from index.embedders import CachedEmbedder, make_embedder
-from index.store import (
+from qiao.service.documents import DocumentStore
+from qiao.corpus.extract import Extracted, extract
+from qiao.corpus.loader import DocumentError, LoadResult, load_documents
+from qiao.corpus.models import Document
+from qiao.index.embedders import CachedEmbedder, make_embedder
+from qiao.index.store import (
     BuildReport,
     IndexBusyError,
     IndexLoadError,
@@ -37,7 +37,7 @@ from index.store import (
     load_index,
     stale_reason,
 )
-from retriever.hybrid import HybridRetriever
+from qiao.retriever.hybrid import HybridRetriever
 
 
 @dataclass(frozen=True)

@@ -28,9 +28,9 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from corpus.extract import Extracted
-from corpus.loader import DocumentError, LoadResult, document_from_text
-from corpus.models import Document
+from qiao.corpus.extract import Extracted
+from qiao.corpus.loader import DocumentError, LoadResult, document_from_text
+from qiao.corpus.models import Document
 
 DELETED = "deleted.json"
 JOURNAL = ".pending.json"

@@ -6,6 +6,7 @@ Every field can be set from the environment with the ``QIAO_`` prefix, e.g.
 
 from __future__ import annotations
 
+import importlib.util
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -13,7 +14,15 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-PROJECT_ROOT = Path(__file__).resolve().parent
+def _project_root() -> Path:
+    """The folder that holds ``corpus/``: the repository in a checkout, ``site-packages/qiao`` in a wheel."""
+    spec = importlib.util.find_spec("qiao.corpus")
+    if spec is None or spec.origin is None:  # pragma: no cover - qiao.corpus is part of this package
+        raise ImportError("qiao.corpus is missing: reinstall Qiao (pip install -e .)")
+    return Path(spec.origin).resolve().parent.parent
+
+
+PROJECT_ROOT = _project_root()
 
 
 class Settings(BaseSettings):

@@ -1,0 +1,23 @@
+"""Qiao 桥: bilingual (English / 中文) semantic search and question answering with exact citations.
+
+The installed import package is ``qiao``; its sub-packages live at the top of the repository
+(``corpus/ index/ retriever/ qa/ service/ api/ eval/``) and are mapped to ``qiao.corpus``,
+``qiao.index``, … by ``[tool.setuptools.package-dir]`` in pyproject.toml. Data flows one way:
+corpus → index → retriever → qa → service → api / integrations.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path as _Path
+
+# In a source checkout the sub-packages sit beside this folder, not inside it: look for them there
+# first, so that the checkout being run (a clone, a worktree, CI's copy) is the one imported, whatever
+# editable install the interpreter also knows. An installed wheel has them inside and skips this.
+_here = _Path(__file__).resolve().parent
+if not (_here / "corpus").is_dir() and (_here.parent / "corpus" / "__init__.py").is_file():
+    __path__.append(str(_here.parent))  # type: ignore[name-defined]  # noqa: F821
+del _Path, _here
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]
