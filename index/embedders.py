@@ -18,8 +18,10 @@ from typing import Protocol, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from qiao.errors import Unavailable
 
-class EmbedderError(RuntimeError):
+
+class EmbedderError(Unavailable):
     """The embedder could not be created (missing package, unknown model, ...)."""
 
 

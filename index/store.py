@@ -30,6 +30,7 @@ from filelock import FileLock, Timeout
 
 from qiao.corpus.chunking import chunk_document
 from qiao.corpus.models import Chunk, Document
+from qiao.errors import Busy, NoIndex
 from qiao.index.analysers import analyser_fingerprint, tokenize_many
 from qiao.index.backend import TermStats
 from qiao.index.bm25 import BM25Index
@@ -40,11 +41,11 @@ MANIFEST = "manifest.json"
 DATA_FILES = ("documents.jsonl", "chunks.jsonl", "vectors.faiss")
 
 
-class IndexLoadError(RuntimeError):
+class IndexLoadError(NoIndex):
     """The index is missing, corrupt, or was built with other settings. The message says what to do."""
 
 
-class IndexBusyError(RuntimeError):
+class IndexBusyError(Busy):
     """Another process is writing the index."""
 
 
