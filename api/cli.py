@@ -194,7 +194,7 @@ def cmd_add(args) -> int:
             raise CLIError(f"{name}: cannot read ({exc.strerror or exc})") from None
     service = _service(args)
     limit = service.settings.max_upload_bytes
-    for (name, data), arg in zip(files, args.files):
+    for (_name, data), arg in zip(files, args.files):
         if len(data) > limit:
             raise CLIError(f"{arg}: {len(data)} bytes is over the upload limit of {limit} bytes (QIAO_MAX_UPLOAD_BYTES)")
     with _nothing_changed():

@@ -27,6 +27,8 @@ from qiao.corpus.extract import Extracted, extract
 from qiao.corpus.loader import DocumentError, LoadResult, load_documents
 from qiao.corpus.models import Document
 from qiao.errors import Duplicate, LastDocument, UnknownDocument, UpdateFailed
+from qiao.config import AnalyserConfig
+from qiao.index.analysers import configure as configure_analyser
 from qiao.index.embedders import CachedEmbedder, make_embedder
 from qiao.index.store import (
     BuildReport,
@@ -135,6 +137,7 @@ class UpdateReport:
 class QiaoService:
     def __init__(self, settings):
         self.settings = settings
+        configure_analyser(AnalyserConfig.of(settings))  # the QIAO_ANALYSER_* options, for queries and builds
         self._embedder: CachedEmbedder | None = None
         self._embedder_lock = threading.Lock()
         self._snapshot: Snapshot | None = None

@@ -92,7 +92,7 @@ class DocumentStore:
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as exc:
-            raise DocumentError(str(self.root / DELETED), f"unreadable list of deleted documents ({exc}); fix or remove it")
+            raise DocumentError(str(self.root / DELETED), f"unreadable list of deleted documents ({exc}); fix or remove it") from exc
         return data if isinstance(data, dict) else {}
 
     def uploaded(self) -> LoadResult:
