@@ -123,13 +123,23 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
     """fsync a file or a directory (a directory's fsync makes renames inside it durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically: write a temporary beside it, fsync, rename."""
+    tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _write_jsonl(path: Path, rows) -> None:
@@ -204,11 +214,11 @@ def build_index(
         files = {}
         for p in sorted(tmp.rglob("*")):
             if p.is_file():
-                _fsync(p)  # FAISS and bm25s write without fsync; a power cut must not leave holes
+                fsync_path(p)  # FAISS and bm25s write without fsync; a power cut must not leave holes
                 rel = p.relative_to(tmp).as_posix()
                 files[rel] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
         for d in sorted(x for x in tmp.rglob("*") if x.is_dir()):
-            _fsync(d)
+            fsync_path(d)
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "build_id": build_id,
@@ -225,14 +235,14 @@ def build_index(
             json.dump(manifest, f, indent=2, ensure_ascii=False)
             f.flush()
             os.fsync(f.fileno())
-        _fsync(tmp)
+        fsync_path(tmp)
         final = builds / build_id
         os.rename(tmp, final)
-        _fsync(builds)
+        fsync_path(builds)
         link_tmp = root / f".current-{build_id}"
         os.symlink(Path("builds") / build_id, link_tmp)
         os.replace(link_tmp, root / "current")  # the atomic switch
-        _fsync(root)
+        fsync_path(root)
         _remove_old_builds(root, keep={build_id})
         return BuildReport(final, build_id, len(documents), len(chunks), embedded, time.perf_counter() - t0)
     finally:
