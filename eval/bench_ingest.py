@@ -313,7 +313,8 @@ def section(result: dict) -> str:
             "| | build s | query p50 ms | query p95 ms |", "|---|---:|---:|---:|",
             f"| LangChain Ensemble (rank_bm25 + FAISS flat, weights 0.5/0.5) | {lc['langchain_build_s']} | {lc['langchain_p50_ms']} | {lc['langchain_p95_ms']} |",
             f"| Qiao hybrid `search(k=10)` | {ing['qiao_index_s'] if ing else '-'} (full `qiao index`) | {lc['qiao_p50_ms']} | {lc['qiao_p95_ms']} |",
-            f"| ratio Qiao / LangChain | {(ing['qiao_index_s'] / lc['langchain_build_s']) if ing else float('nan'):.2f} | {lc['qiao_p50_ms'] / lc['langchain_p50_ms']:.2f} | {lc['qiao_p95_ms'] / lc['langchain_p95_ms']:.2f} |",
+            f"| ratio Qiao / LangChain | {(ing['qiao_index_s'] / lc['langchain_build_s']) if ing else float('nan'):.2f} | "
+            f"{lc['qiao_p50_ms'] / lc['langchain_p50_ms']:.2f} | {lc['qiao_p95_ms'] / lc['langchain_p95_ms']:.2f} |",
             "",
             "Both builds embed every chunk (no cache); Qiao's also runs its bilingual analysers, writes the index atomically with checksums.",
             "",

