@@ -7,7 +7,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from qiao.api.deps import get_service
-from qiao.api.routes_admin import router as admin_router
+from qiao.api.limits import BodyLimitMiddleware
+from qiao.api.origin import CrossSiteMiddleware
+from qiao.api.routes_admin import FRAMING_SLACK, router as admin_router
 from qiao.api.routes_ask import router as ask_router
 from qiao.api.routes_core import router as core_router
 from qiao.api.routes_openai import router as openai_router
@@ -40,4 +42,8 @@ def create_app(settings: Settings | None = None, service: QiaoService | None = N
     app.include_router(openai_router, responses=error_responses(400, 404, 503, model=OpenAIErrorOut))  # OpenAI-compatible /v1/chat/completions, /v1/models
     app.include_router(admin_router, responses=error_responses(400, 401, 403, 404, 409, 413, 415, 422, 503))
     app.include_router(web_router)
+    # request guards (api/origin.py, api/limits.py); the body limit is outermost, so it also drains before early answers
+    s = service.settings
+    app.add_middleware(CrossSiteMiddleware, allowed_origins=s.allowed_origins)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=s.max_body_bytes, per_route={("POST", "/documents"): (s.max_upload_bytes + FRAMING_SLACK, "QIAO_MAX_UPLOAD_BYTES", s.max_upload_bytes)})
     return app

@@ -7,7 +7,7 @@ import time
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from qiao.api.deps import get_service, get_snapshot
+from qiao.api.deps import check_text_length, get_service, get_snapshot
 from qiao.api.routes_core import check_doc_ids
 from qiao.api.schemas import HitOut, SearchFilters, _check_text
 from qiao.service.core import QiaoService, Snapshot
@@ -20,7 +20,7 @@ class AskRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     question: str = Field(
-        ..., description="English or Chinese (Simplified or Traditional)", examples=["which regions allow stem cell clinical trials"]
+        ..., description="English or Chinese (Simplified or Traditional); at most QIAO_MAX_QUERY_CHARS (2,000) characters", examples=["which regions allow stem cell clinical trials"]
     )
     k: int = Field(8, ge=1, le=100, strict=True, description="evidence chunks to answer from, 1..100")
     filters: SearchFilters = Field(default_factory=SearchFilters)
@@ -60,6 +60,7 @@ def ask(
     ending with a citation marker ``[n]`` whose citation points at the exact span of the source.
     ``answerable`` is false when the documents do not answer the question; ``hits`` then still
     shows the nearest passages."""
+    check_text_length(req.question, "question", service)
     t0 = time.perf_counter()
     check_doc_ids(snap, req.filters.doc_id)
     answer = engine_for(snap, service.settings).ask(req.question, k=req.k, filters=req.filters.to_filters())

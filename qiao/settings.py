@@ -9,10 +9,10 @@ from __future__ import annotations
 import importlib.util
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 def _project_root() -> Path:
     """The folder that holds ``corpus/``: the repository in a checkout, ``site-packages/qiao`` in a wheel."""
@@ -89,7 +89,21 @@ class Settings(BaseSettings):
     # --- API -----------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = 8000
-    max_query_chars: int = 2000
+    max_query_chars: int = Field(
+        2000, ge=1, le=100_000, description="longest /search query, /ask question or resolved chat question (characters); 422 above"
+    )
+    max_chat_chars: int = Field(
+        20_000, ge=1, description="characters over all messages of one /v1/chat/completions request (system prompts and history included); 413 above"
+    )
+    max_chat_messages: int = Field(200, ge=1, description="messages in one /v1/chat/completions request; 413 above")
+    max_body_bytes: int = Field(
+        1024 * 1024, ge=1024, description="request body limit of every route but uploads (JSON: /search, /ask, chat); 413 above"
+    )
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="other web origins (e.g. http://localhost:3000) allowed to send POST/PUT/PATCH/DELETE; "
+        "comma-separated in QIAO_ALLOWED_ORIGINS. The server's own origin is always allowed, any other is refused (403)",
+    )
     api_key: str | None = None
     max_upload_bytes: int = 20 * 1024 * 1024
     http_write_wait: float = Field(
@@ -102,6 +116,22 @@ class Settings(BaseSettings):
     llm_model: str | None = None
     llm_api_key: str | None = None
     llm_timeout: float = Field(60.0, gt=0, description="seconds to wait for the chat model before falling back to the extractive answer")
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _origins(cls, v):
+        """``http://a:3000, https://b`` -> ["http://a:3000", "https://b"] (lower-case, no trailing slash)."""
+        if isinstance(v, str):
+            v = v.split(",")
+        out = []
+        for o in v or ():
+            o = str(o).strip().rstrip("/").lower()
+            if not o:
+                continue
+            if not o.startswith(("http://", "https://")) or "/" in o.split("://", 1)[1]:
+                raise ValueError(f"{o!r} is not an origin: give scheme://host[:port], e.g. http://localhost:3000")
+            out.append(o)
+        return out
 
     @property
     def index_dir(self) -> Path:
