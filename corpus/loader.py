@@ -14,13 +14,14 @@ from pathlib import Path
 
 from qiao.corpus.metadata import extract_metadata
 from qiao.corpus.models import Document
+from qiao.corpus.visible import has_visible_text
 
 SUPPORTED_SUFFIXES = (".txt", ".md")
 
 # Share of control characters (other than tab / newline / CR / form feed) above which
 # a decoded text is considered binary rather than prose.
 _MAX_CONTROL_SHARE = 0.1
-_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0e-\x1f]")
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f]")  # C0 (not tab/LF/FF/CR), DEL, C1
 
 
 class DocumentError(Exception):
@@ -58,6 +59,11 @@ def _check_text(text: str, source: str) -> None:
         raise DocumentError(source, "binary content (NUL characters); only text documents are supported", line)
     if not text.replace("\ufeff", "").strip():
         raise DocumentError(source, "document is empty (no text besides whitespace)")
+    if not has_visible_text(text):
+        raise DocumentError(
+            source, "document has no visible text (only control, zero-width or whitespace characters); "
+            "add readable text or remove the file",
+        )
     controls = sum(1 for _ in _CONTROL_RE.finditer(text))
     if controls > _MAX_CONTROL_SHARE * len(text):
         raise DocumentError(source, "binary content (mostly control characters); only text documents are supported")
