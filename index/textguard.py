@@ -9,6 +9,14 @@ UTF-8 byte, U+FDFA ARABIC LIGATURE SALLALLAHOU ALAYHE WASALLAM (3 bytes -> 18 co
 byte); the next worst are U+FDFB (3 -> 8) and the squared katakana words U+3316/U+33AF (3 -> 6).
 Eight to twenty U+FDFA overrun the heap (``malloc(): invalid size``, SIGABRT) and kill the process.
 
+The other buffers of ``e5.c`` are sized from the normalised length and cannot overflow: the UTF-8
+buffer ``(nc + 1) * 4 + 8`` bytes and the char offsets ``nc + 2`` for ``nc`` normalised code points;
+the Viterbi arrays ``n + 1`` for ``n`` characters (pieces at most ``max_piece_bytes`` long); the token
+output ``bytes + 4`` entries, head-capped (extra tokens are dropped, not written); windows of
+``MAXP - 2`` = 510 tokens, processed 16,384 tokens per forward pass. The fixed ``hv[512]`` heap is in
+the sparse head (``top_k`` <= 512), which Qiao does not call. A NUL ends the C string (``strlen``), so
+text after it would be silently ignored.
+
 The guard, per text (formula, all in code points ``c`` of the text):
 
 1. lone surrogates (``\\ud800``; JSON can carry them) -> U+FFFD: they cannot be encoded as UTF-8;
