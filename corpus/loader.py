@@ -59,14 +59,14 @@ def _check_text(text: str, source: str) -> None:
         raise DocumentError(source, "binary content (NUL characters); only text documents are supported", line)
     if not text.replace("\ufeff", "").strip():
         raise DocumentError(source, "document is empty (no text besides whitespace)")
+    controls = sum(1 for _ in _CONTROL_RE.finditer(text))
+    if controls > _MAX_CONTROL_SHARE * len(text):
+        raise DocumentError(source, "binary content (mostly control characters); only text documents are supported")
     if not has_visible_text(text):
         raise DocumentError(
             source, "document has no visible text (only control, zero-width or whitespace characters); "
             "add readable text or remove the file",
         )
-    controls = sum(1 for _ in _CONTROL_RE.finditer(text))
-    if controls > _MAX_CONTROL_SHARE * len(text):
-        raise DocumentError(source, "binary content (mostly control characters); only text documents are supported")
 
 
 def decode_bytes(data: bytes, source: str) -> str:
