@@ -1,5 +1,11 @@
 """Every error answer of the HTTP API: short JSON, no echo of large inputs, no file system paths.
 
+- :class:`qiao.errors.QiaoError` (the service's error family) -> ``{"detail": message}`` with the
+  error's status (and ``Retry-After`` for transient ones), the shape FastAPI's ``HTTPException``
+  gives, so routes raise the service's errors and never translate them one by one. (The
+  OpenAI-compatible routes answer in their own ``{"error": {...}}`` shape and map the same family
+  through :func:`qiao.errors.openai_error_fields`.)
+
 - ``RequestValidationError`` -> 422 ``{"detail": [{"loc", "msg", "type", "input"?}, ...]}`` with at most
   :data:`MAX_ISSUES` issues (then one ``too_many_errors`` issue counting the rest), each ``msg`` at most
   200 characters and each ``input`` excerpt at most :data:`MAX_INPUT_EXCERPT` characters; inputs that
@@ -30,6 +36,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from qiao.errors import QiaoError
 
 log = logging.getLogger("qiao.api")
 
@@ -117,6 +125,21 @@ def json_error(status: int, detail: Any, headers: dict | None = None) -> JSONRes
     response = JSONResponse({"detail": detail}, status_code=status, headers=headers)
     response.headers.setdefault(*NOSNIFF)
     return response
+
+
+def qiao_error_response(exc: QiaoError) -> JSONResponse:
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+    return json_error(exc.http_status, _short(redact_paths(exc.message), 2000), headers)
+
+
+async def _handle(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, QiaoError)
+    return qiao_error_response(exc)
+
+
+def register_error_handlers(app: FastAPI) -> None:
+    """Answer every :class:`QiaoError` a route lets through with its status and message."""
+    app.add_exception_handler(QiaoError, _handle)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

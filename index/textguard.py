@@ -57,7 +57,7 @@ from typing import Sequence
 MAX_EMBED_CHARS = 2048
 """Code points of one text handed to an embedder (see the module docstring, step 2)."""
 
-_CONTROLS = {c: None for c in range(0x20)} | {0x7F: None} | {c: None for c in range(0x80, 0xA0)}
+_CONTROLS: dict[int, str | None] = {c: None for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)]}
 for _c in (0x09, 0x0A, 0x0D):  # tab and line breaks are ordinary text
     del _CONTROLS[_c]
 for _c in (0x0B, 0x0C, 0x1C, 0x1D, 0x1E, 0x1F, 0x85):  # controls Unicode counts as whitespace

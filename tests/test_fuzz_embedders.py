@@ -45,7 +45,7 @@ def code_points_by_category() -> dict[str, list[int]]:
 def fuzz_texts(per_category: int, reps: list[int], worst: list[str] = WORST, seed: int = 17) -> list[str]:
     rng = random.Random(seed)
     texts: list[str] = []
-    for cat, cps in sorted(code_points_by_category().items()):
+    for _cat, cps in sorted(code_points_by_category().items()):
         sample = cps if len(cps) <= per_category else [cps[0], cps[-1], *rng.sample(cps, per_category - 2)]
         texts.append("".join(map(chr, sample)))  # the category's sample in one text
         texts.extend(chr(cp) for cp in sample[:4])  # and a few alone
