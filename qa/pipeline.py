@@ -27,7 +27,7 @@ from qiao.qa.compose import Composition, Statement
 from qiao.qa.facts import best_figure, evidence_date, sentence_regions
 from qiao.qa.models import Answer, ScoredSentence, Sentence
 from qiao.qa.question import Question, analyse_question
-from qiao.qa.scoring import IdfTable, score_sentences, sentence_tokens
+from qiao.qa.scoring import score_sentences, sentence_tokens
 from qiao.qa.selection import mmr
 from qiao.qa.sentences import DocumentUnits
 from qiao.retriever.models import Filters, Hit
@@ -94,7 +94,7 @@ class AnswerEngine:
         self.retriever = retriever
         self.embedder = retriever.embedder
         self.settings = settings
-        self.idf = IdfTable(index.bm25)
+        self.idf = index.term_stats()
         self._units: dict[str, DocumentUnits] = {}
         self._vecs: dict[tuple[str, int, int], np.ndarray] = {}
         self._tokens: dict[tuple[str, int, int], frozenset[str]] = {}

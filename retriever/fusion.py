@@ -18,7 +18,7 @@ and about how much BM25 actually matched::
    offset; on a one-language index it is a monotone rescaling (vector order unchanged). The
    vector candidates are fetched per language for the same reason (:mod:`retriever.hybrid`).
 2. **BM25 trust.** ``full_match(q)`` is the BM25 score a passage holding every query token once
-   would get (:func:`query_mass`); ``top / full_match`` is the share of the query the best BM25
+   would get (:meth:`TermStats.full_match_mass <qiao.index.backend.TermStats.full_match_mass>`); ``top / full_match`` is the share of the query the best BM25
    passage really matches. Simplified questions over Traditional passages (the analyser folds
    scripts) reach 0.7-1.4; English questions over Chinese passages, where BM25 only meets a
    stray number or a Latin name, reach 0-0.2 -- and when they do reach 0.3 the BM25 top hit is
@@ -43,6 +43,8 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import numpy as np
+
+from qiao.index.backend import TermStats
 
 MIN_SPREAD = 0.01
 """Floor of the per-language cosine spread (a language with one or two candidates, or identical
@@ -189,7 +191,7 @@ def fuse(cand, index, settings, cos_of: Callable[[np.ndarray], np.ndarray]) -> d
         cos_of,
         bm25_weight=settings.fusion_bm25_weight,
         lang_top=settings.fusion_lang_top,
-        match=match_ratio(index.bm25, cand) if settings.fusion_trust_high > 0 else None,
+        match=match_ratio(index.term_stats(), cand) if settings.fusion_trust_high > 0 else None,
         trust_low=settings.fusion_trust_low,
         trust_high=settings.fusion_trust_high,
         lang_renorm=settings.fusion_lang_renorm,
@@ -208,34 +210,19 @@ def bm25_trust(ratio: float, low: float, high: float) -> float:
     return (ratio - low) / (high - low)
 
 
-def match_ratio(bm25, cand) -> float:
+def match_ratio(stats: TermStats, cand) -> float:
     """``top BM25 score / full_match(query tokens)``: the share of a full lexical match of the query
     that the best BM25 candidate reaches (its glossary-bridge terms count at the glossary weight,
     as they do in its score). 0.0 when nothing matched.
 
-    ``bm25``: :class:`index.bm25.BM25Index`; ``cand``: :class:`retriever.hybrid.Candidates`.
+    ``stats``: the backend's :class:`~qiao.index.backend.TermStats` (``full_match_mass`` is the
+    score of a passage of average length holding each distinct query token once);
+    ``cand``: :class:`retriever.hybrid.Candidates`.
     (Scoring the bridge terms against their own full match instead was tried and lost: see
     eval/RESULTS.md.)
     """
     rows = cand.bm25_rows
     if not rows.size or cand.bm25_all is None:
         return 0.0
-    mass = query_mass(bm25, cand.qa.tokens)
+    mass = stats.full_match_mass(cand.qa.tokens)
     return float(cand.bm25_all[rows[0]]) / mass if mass > 0 else 0.0
-
-
-def query_mass(bm25, tokens: Sequence[str]) -> float:
-    """BM25 score of a full lexical match: a passage of average length holding each distinct query
-    token once (Lucene IDF, unknown tokens at document frequency 0; bm25s' Lucene variant scores
-    such a term ``idf / (1 + k1)``). ``bm25``: :class:`index.bm25.BM25Index`.
-    """
-    model = bm25.model
-    n = float(bm25.n_docs)
-    vocab = model.vocab_dict
-    indptr = model.scores["indptr"]
-    total = 0.0
-    for t in set(tokens):
-        tid = vocab.get(t)
-        df = float(indptr[tid + 1] - indptr[tid]) if tid is not None else 0.0
-        total += float(np.log(1.0 + (n - df + 0.5) / (df + 0.5)))
-    return total / (1.0 + float(getattr(model, "k1", 1.2)))

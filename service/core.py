@@ -153,7 +153,9 @@ class QiaoService:
         """Load the current index from disk and make it the serving snapshot."""
         emb = self.embedder
         try:
-            index = load_index(self.settings.index_dir, expect_model_id=emb.model_id, expect_dim=emb.dim)
+            index = load_index(
+                self.settings.index_dir, expect_model_id=emb.model_id, expect_dim=emb.dim, ef_search=self.settings.hnsw_ef_search
+            )
         except IndexLoadError as exc:
             self.load_error = str(exc)
             raise

@@ -211,7 +211,7 @@ def check_after_index_crash(world: World, data: Path, n_new_docs: int) -> str:
         assert docs == len(OLD)
         state = "old"
     else:
-        assert docs == n_new_docs and loaded.size == loaded.vectors.size
+        assert docs == n_new_docs and loaded.size == loaded.vector_index.size
         state = "new"
     # a restarted server serves it, and has cleaned the crash's temporaries on load
     service = world.service(data)

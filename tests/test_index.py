@@ -17,7 +17,7 @@ def test_index_on_disk_matches_corpus(seed_service):
     snap = seed_service.snapshot
     m = snap.index.manifest
     assert m["documents"] == 5
-    assert m["chunks"] == snap.index.size == snap.index.vectors.size
+    assert m["chunks"] == snap.index.size == snap.index.vector_index.size
     assert (snap.index.path / "vectors.faiss").stat().st_size > 0
     # every stored chunk points at its exact source span
     for c in snap.index.chunks:
