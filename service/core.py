@@ -154,7 +154,8 @@ class QiaoService:
         emb = self.embedder
         try:
             index = load_index(
-                self.settings.index_dir, expect_model_id=emb.model_id, expect_dim=emb.dim, ef_search=self.settings.hnsw_ef_search
+                self.settings.index_dir, expect_model_id=emb.model_id, expect_dim=emb.dim, ef_search=self.settings.hnsw_ef_search,
+                settings=self.settings,  # a Milvus-backed index needs its URI and collection
             )
         except IndexLoadError as exc:
             self.load_error = str(exc)
