@@ -212,6 +212,24 @@ class Terms:
         avgdl = total / n if n else 1.0
         return cls(vocab, df, n, avgdl, avgdl, index)
 
+    def extended(self, tokens: Sequence[Sequence[str]], sign: int) -> "Terms":
+        """A copy with these rows' tokens added (``sign`` +1) or removed (-1); ``avgdl_ref`` kept."""
+        vocab, index, df = list(self.vocab), dict(self.index), self.df.copy()
+        new_ids = []
+        for toks in tokens:
+            for t in set(toks):
+                tid = index.get(t)
+                if tid is None:
+                    tid = index[t] = len(vocab)
+                    vocab.append(t)
+                new_ids.append(tid)
+        if len(vocab) > len(df):
+            df = np.concatenate([df, np.zeros(len(vocab) - len(df), np.int64)])
+        np.add.at(df, np.asarray(new_ids, np.int64), sign)
+        n = self.n + sign * len(tokens)
+        total = self.avgdl * self.n + sign * sum(len(t) for t in tokens)
+        return Terms(vocab, np.maximum(df, 0), n, total / n if n > 0 else 1.0, self.avgdl_ref, index)
+
     def stats(self) -> TermStats:
         return TermStats(n=self.n, vocab=self.index, doc_freq=self.df, k1=BM25_K1)
 
@@ -349,15 +367,7 @@ def write_rows(
         raise MilvusError("two chunk ids map to the same Milvus primary key: rebuild with another QIAO_CHUNK_SIZE")
     todo = [i for i, p in enumerate(pks) if reweight or p not in existing]
     log(f"milvus: {name} at {settings.milvus_target}: writing {len(todo)} of {n} rows ({'new collection' if fresh else 'incremental'})")
-    for s in range(0, len(todo), WRITE_BATCH):
-        rows = []
-        for i in todo[s : s + WRITE_BATCH]:
-            c = chunks[i]
-            rows.append({
-                "pk": pks[i], "doc_id": c.doc_id, "lang": c.lang, "regions": list(c.regions), "date": _date_int(c.date),
-                "dense": np.asarray(vectors[i], np.float32).tolist(), "sparse": terms.doc_vector(tokens[i]),
-            })
-        _call(settings, "write rows", client.upsert, name, rows)
+    _upsert(settings, client, name, chunks, pks, vectors, tokens, terms, todo)
     terms.save(tmp / TERMS_FILE)
     return {
         "collection": name,
@@ -368,6 +378,20 @@ def write_rows(
         "written": len(todo),
         "stale_rows": len(existing - set(pks)),
     }
+
+
+def _upsert(settings, client, name: str, chunks, pks, vectors, tokens, terms: "Terms", todo) -> None:
+    """Write rows ``todo`` (indexes into the parallel sequences) in batches of WRITE_BATCH."""
+    todo = list(todo)
+    for s in range(0, len(todo), WRITE_BATCH):
+        rows = []
+        for i in todo[s : s + WRITE_BATCH]:
+            c = chunks[i]
+            rows.append({
+                "pk": pks[i], "doc_id": c.doc_id, "lang": c.lang, "regions": list(c.regions), "date": _date_int(c.date),
+                "dense": np.asarray(vectors[i], np.float32).tolist(), "sparse": terms.doc_vector(tokens[i]),
+            })
+        _call(settings, "write rows", client.upsert, name, rows)
 
 
 def delete_stale_rows(settings, section: dict, chunks: Sequence[Chunk]) -> int:
@@ -534,17 +558,22 @@ class MilvusIndex(LoadedIndex):
         rows = np.asarray(rows, np.int64)
         if rows.size == 0:
             return np.zeros((0, self.dim), np.float32)
-        missing = sorted({int(r) for r in rows if int(r) not in self._vec_cache})
+        cache = self._vec_cache
+        got: dict[int, np.ndarray] = {}
+        for r in rows.tolist():
+            v = cache.get(r)
+            if v is not None:
+                got[r] = v
+        missing = sorted({r for r in rows.tolist() if r not in got})
         for s in range(0, len(missing), 4096):
-            part = missing[s : s + 4096]
-            pks = ",".join(str(int(self._row_pk[r])) for r in part)
-            got = _call(self.settings, "read vectors", self.client.query, self.collection, filter=f"pk in [{pks}]", output_fields=["pk", "dense"])
-            for g in got:
+            pks = ",".join(str(int(self._row_pk[r])) for r in missing[s : s + 4096])
+            res = _call(self.settings, "read vectors", self.client.query, self.collection, filter=f"pk in [{pks}]", output_fields=["pk", "dense"])
+            for g in res:
                 r = self._pk_rows.get(int(g["pk"]))
                 if r is not None:
-                    self._vec_cache[r] = np.asarray(g["dense"], np.float32)
+                    got[r] = cache[r] = np.asarray(g["dense"], np.float32)
         try:
-            return np.stack([self._vec_cache[int(r)] for r in rows]).astype(np.float32)
+            return np.stack([got[r] for r in rows.tolist()]).astype(np.float32)
         except KeyError as exc:
             raise MilvusError(f"Milvus collection {self.collection} lacks the vector of row {exc}: run `qiao index` to rebuild it") from None
 
@@ -588,9 +617,47 @@ class MilvusIndex(LoadedIndex):
     def term_stats(self) -> TermStats:
         return self.terms.stats()
 
-    # --- updates: a new build on disk (index.store) writes Milvus; no in-memory mutation -------
+    # --- updates in memory (the protocol's add / delete) --------------------------------------
+    #
+    # They change the collection and this object; the catalog on disk is index.store's business
+    # (a build). Document weights keep ``avgdl_ref``; df, n and the mean length follow the rows.
+
     def add_chunks(self, chunks, vectors, tokens, documents=()):
-        raise NotImplementedError("the Milvus backend is updated by index builds (qiao add / qiao index), not in memory")
+        if len(chunks) != len(vectors) or len(chunks) != len(tokens):
+            raise ValueError(f"{len(chunks)} chunks, {len(vectors)} vectors and {len(tokens)} token lists: they must match")
+        if not len(chunks):
+            return
+        terms = self.terms.extended(tokens, +1)
+        pks = [pk_of(c.chunk_id) for c in chunks]
+        _upsert(self.settings, self.client, self.collection, chunks, pks, np.asarray(vectors, np.float32), tokens, terms, range(len(chunks)))
+        self.terms = terms
+        self._set_rows([*self.chunks, *chunks])
+        for d in documents:
+            self.documents[d.doc_id] = d
 
     def delete_documents(self, doc_ids):
-        raise NotImplementedError("the Milvus backend is updated by index builds (qiao add / qiao remove), not in memory")
+        from qiao.index.analysers import tokenize_many
+        from qiao.index.store import bm25_text
+
+        ids = set(doc_ids)
+        for d in ids:
+            self.documents.pop(d, None)
+        gone = [c for c in self.chunks if c.doc_id in ids]
+        if not gone:
+            return 0
+        pks = [pk_of(c.chunk_id) for c in gone]
+        for s in range(0, len(pks), 4096):
+            _call(self.settings, "delete rows", self.client.delete, self.collection, ids=pks[s : s + 4096])
+        self.terms = self.terms.extended(tokenize_many([bm25_text(c) for c in gone]), -1)
+        self._set_rows([c for c in self.chunks if c.doc_id not in ids])
+        return len(gone)
+
+    def _set_rows(self, chunks) -> None:
+        from qiao.index.store import _row_metadata
+
+        self.chunks = list(chunks)
+        self.chunk_lang, self.chunk_date, self.chunk_doc, self.region_rows = _row_metadata(self.chunks)
+        self._lang_masks = {}
+        self._row_pk = np.array([pk_of(c.chunk_id) for c in self.chunks], dtype=np.int64)
+        self._pk_rows = {int(p): i for i, p in enumerate(self._row_pk)}
+        self._vec_cache = {}
