@@ -7,8 +7,8 @@ server or cluster, ``QIAO_MILVUS_TOKEN`` for its credentials). :class:`MilvusInd
 :class:`qiao.index.backend.SearchBackend`, so the retriever, the calibrated fusion and the QA
 pipeline run unchanged.
 
-Collection (one per index; name ``<prefix>_<sha256(index settings, data dir)[:16]>``, so an index
-built with other settings -- embedder, chunking, analysers, backend -- never reads it)::
+Collection (one per index; name ``<prefix>_<sha256(index settings, index dir)[:16]>_g<generation>``,
+so an index built with other settings -- embedder, chunking, analysers, backend -- never reads it)::
 
     pk       INT64 primary key   first 63 bits of sha256(chunk_id): stable across builds, so
                                  adding or removing a document writes / deletes only its rows
@@ -36,8 +36,8 @@ in the index directory beside the catalog: idf, the full-match mass (BM25 trust)
 coverage weights come from there (:class:`~qiao.index.backend.TermStats`). ``avgdl_ref`` is the
 mean analysed length when the collection's weights were written; an incremental update keeps it
 until the real mean drifts by more than ``QIAO_MILVUS_AVGDL_TOLERANCE`` (2 %: the length term
-``b * |d| / avgdl`` then moves by at most 1.5 %), then rewrites every row's weights. A fresh
-build is exact: the eval compares the two backends on fresh builds.
+``b * |d| / avgdl`` then moves by at most 1.5 %), then writes a new generation of the collection
+with exact weights. A fresh build is exact: the eval compares the two backends on fresh builds.
 
 **Top-k lexical search.** The protocol's :meth:`MilvusIndex.lexical_scores` returns a score for
 every row; from Milvus that costs a search returning every matching row (~75 us per returned
@@ -47,8 +47,8 @@ row on milvus-lite here: 0.2 s for 3,000). The retriever therefore uses
 restricted to their primary keys): the fused scores are the same as with the full array.
 
 **Writes.** ``build_index`` writes a new catalog aside as for FAISS; :func:`write_rows` upserts
-the rows the collection lacks *before* the catalog switch and :func:`delete_stale_rows` deletes
-the rows the new catalog lacks *after* it. Readers map primary keys to their own catalog's rows
+the rows the collection lacks (or a whole new generation) *before* the catalog switch and
+:func:`finish_write` deletes the rows the new catalog lacks and old generations *after* it. Readers map primary keys to their own catalog's rows
 and skip unknown ones, so a crash at any point leaves the current catalog searchable and the
 next build removes the leftovers. Bad configuration (unreachable URI, refused token, a milvus-lite
 file held by another process, a missing or foreign collection) is one :class:`MilvusError`
@@ -127,6 +127,9 @@ def connect(settings):
         except ImportError:
             raise MilvusError("QIAO_BACKEND=milvus needs pymilvus: pip install 'qiao[milvus]' (pymilvus, milvus-lite)") from None
         if not is_remote(uri):
+            # milvus-lite's in-process gRPC server logs every call it lacks (AllocTimestamp, asked by
+            # pymilvus' query iterator, which then falls back to a client timestamp) as an error
+            logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
             path = Path(uri).expanduser()
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -311,14 +314,14 @@ def _all_pks(client, name: str) -> set[int]:
     return out
 
 
-def _previous(root: Path, name: str) -> tuple[dict | None, Terms | None]:
-    """The current build's Milvus section and vocabulary, when it wrote to collection ``name``."""
+def _previous(root: Path, base_name: str) -> tuple[dict | None, Terms | None]:
+    """The current build's Milvus section and vocabulary, when it wrote to a generation of ``base_name``."""
     from qiao.index.store import current_build, read_manifest
 
     manifest = read_manifest(root)
     build = current_build(root)
     section = (manifest or {}).get("milvus")
-    if not isinstance(section, dict) or section.get("collection") != name or build is None:
+    if not isinstance(section, dict) or not str(section.get("collection", "")).startswith(base_name + "_g") or build is None:
         return None, None
     try:
         return section, Terms.load(build / TERMS_FILE)
@@ -336,37 +339,44 @@ def write_rows(
     model_id: str,
     log=lambda s: None,
 ) -> dict:
-    """Make the collection hold every row of this build (the catalog in ``tmp`` is not current
-    yet), write the vocabulary to ``tmp/terms.json``; return the manifest's ``milvus`` section.
+    """Make a collection hold every row of this build (the catalog in ``tmp`` is not current yet),
+    write the vocabulary to ``tmp/terms.json``; return the manifest's ``milvus`` section.
 
-    Incremental when the current build wrote to the same collection: only rows it lacks are
-    written (all rows when the mean length drifted past the tolerance or the dense index type
-    must change). Rows of removed chunks stay until :func:`delete_stale_rows`.
+    Incremental -- only the rows the current build's collection lacks are written into it -- when
+    the mean length stayed within the tolerance and the dense index type stays. Otherwise every
+    row goes into a new *generation* ``<name>_g<8 hex>``: rewriting the weights in place would
+    change the scores under the current catalog (and a failed build would leave them changed).
+    Rows of removed chunks and old generations go in :func:`finish_write`, after the switch.
     """
     client = connect(settings)
-    name = collection_name(settings, root)
+    base_name = collection_name(settings, root)
     n = len(chunks)
     dim = int(vectors.shape[1]) if vectors.ndim == 2 else 0
     dense_index = "HNSW" if n > settings.hnsw_threshold else "FLAT"
-    prev, base = _previous(root, name)
-    exists = _call(settings, "list collections", client.has_collection, name)
-    fresh = not (prev is not None and base is not None and exists and prev.get("dense_index") == dense_index and prev.get("dim") == dim)
-    terms = Terms.build(tokens, None if fresh else base)
-    if not fresh and base is not None and abs(terms.avgdl / base.avgdl_ref - 1.0) <= settings.milvus_avgdl_tolerance:
-        terms.avgdl_ref = base.avgdl_ref
-    reweight = fresh or base is None or terms.avgdl_ref != base.avgdl_ref
-    if fresh:
-        if exists:
-            _call(settings, "drop the stale collection", client.drop_collection, name)
-        _call(settings, "create the collection", _create_collection, client, settings, name, dim, dense_index, model_id)
-        existing: set[int] = set()
-    else:
-        existing = _call(settings, "list the stored rows", _all_pks, client, name)
+    prev, base = _previous(root, base_name)
+    terms = Terms.build(tokens, base)
+    incremental = (
+        prev is not None
+        and base is not None
+        and prev.get("dense_index") == dense_index
+        and prev.get("dim") == dim
+        and abs(terms.avgdl / base.avgdl_ref - 1.0) <= settings.milvus_avgdl_tolerance
+        and _call(settings, "list collections", client.has_collection, prev["collection"])
+    )
     pks = [pk_of(c.chunk_id) for c in chunks]
     if len(set(pks)) != len(pks):
         raise MilvusError("two chunk ids map to the same Milvus primary key: rebuild with another QIAO_CHUNK_SIZE")
-    todo = [i for i, p in enumerate(pks) if reweight or p not in existing]
-    log(f"milvus: {name} at {settings.milvus_target}: writing {len(todo)} of {n} rows ({'new collection' if fresh else 'incremental'})")
+    if incremental:
+        name = prev["collection"]
+        terms.avgdl_ref = base.avgdl_ref
+        existing = _call(settings, "list the stored rows", _all_pks, client, name)
+    else:
+        terms = Terms.build(tokens)  # a new generation: fresh token ids and exact length normalisation
+        name = f"{base_name}_g{os.urandom(4).hex()}"
+        _call(settings, "create the collection", _create_collection, client, settings, name, dim, dense_index, model_id)
+        existing = set()
+    todo = [i for i, p in enumerate(pks) if p not in existing]
+    log(f"milvus: {name} at {settings.milvus_target}: writing {len(todo)} of {n} rows ({'incremental' if incremental else 'new generation'})")
     _upsert(settings, client, name, chunks, pks, vectors, tokens, terms, todo)
     terms.save(tmp / TERMS_FILE)
     return {
@@ -377,6 +387,7 @@ def write_rows(
         "avgdl_ref": terms.avgdl_ref,
         "written": len(todo),
         "stale_rows": len(existing - set(pks)),
+        "previous": prev["collection"] if prev else None,
     }
 
 
@@ -394,14 +405,21 @@ def _upsert(settings, client, name: str, chunks, pks, vectors, tokens, terms: "T
         _call(settings, "write rows", client.upsert, name, rows)
 
 
-def delete_stale_rows(settings, section: dict, chunks: Sequence[Chunk]) -> int:
-    """After the catalog switch: delete the rows the current catalog does not hold. Returns how many."""
-    if not section.get("stale_rows"):
-        return 0
+def finish_write(settings, section: dict, chunks: Sequence[Chunk]) -> int:
+    """After the catalog switch: delete the rows the current catalog does not hold, and drop the
+    generations no build uses (the previous build's is kept, as ``index.store`` keeps that build:
+    a server that loaded it may still be answering). Returns the rows deleted."""
     client = connect(settings)
     name = section["collection"]
-    keep = {pk_of(c.chunk_id) for c in chunks}
-    stale = sorted(_call(settings, "list the stored rows", _all_pks, client, name) - keep)
+    base_name = name.rsplit("_g", 1)[0]
+    keep = {name, section.get("previous")}
+    for other in _call(settings, "list collections", client.list_collections):
+        if other.startswith(base_name + "_g") and other not in keep:
+            _call(settings, "drop an old generation", client.drop_collection, other)
+    if not section.get("stale_rows"):
+        return 0
+    keep_pks = {pk_of(c.chunk_id) for c in chunks}
+    stale = sorted(_call(settings, "list the stored rows", _all_pks, client, name) - keep_pks)
     for s in range(0, len(stale), 4096):
         _call(settings, "delete rows", client.delete, name, ids=stale[s : s + 4096])
     return len(stale)
@@ -448,11 +466,12 @@ class MilvusIndex(LoadedIndex):
     def open(cls, base: LoadedIndex, section: dict, settings, root: Path, verify_rows: bool = True) -> "MilvusIndex":
         if not isinstance(section, dict) or not section.get("collection"):
             raise IndexLoadError(f"index at {base.path} has no Milvus section in its manifest: run `qiao index` to rebuild it")
-        name = collection_name(settings, root)
-        if section["collection"] != name:
+        base_name = collection_name(settings, root)
+        name = str(section["collection"])
+        if not name.startswith(base_name + "_g"):
             raise MilvusError(
-                f"index at {base.path} was built into Milvus collection {section['collection']!r}, these settings use "
-                f"{name!r}: run `qiao index` to rebuild it"
+                f"index at {base.path} was built into Milvus collection {name!r}, these settings use "
+                f"{base_name!r}: run `qiao index` to rebuild it"
             )
         client = connect(settings)
         if not _call(settings, "list collections", client.has_collection, name):

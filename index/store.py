@@ -231,7 +231,7 @@ def build_index(
         _remove_old_builds(root, keep={build_id})
         if milvus_section is not None:  # rows of removed chunks go only now that no new reader needs them
             try:
-                milvus_backend.delete_stale_rows(settings, milvus_section, chunks)
+                milvus_backend.finish_write(settings, milvus_section, chunks)
             except milvus_backend.MilvusError as exc:  # readers skip them; the next build deletes them
                 log(f"milvus: stale rows left for the next build ({exc})")
         return BuildReport(final, build_id, len(documents), len(chunks), embedded, time.perf_counter() - t0)
