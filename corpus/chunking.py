@@ -302,7 +302,7 @@ def _headings(lines: list[_Line]) -> list[bool]:
 # --- chunking -------------------------------------------------------------------------------
 
 
-def chunk_document(doc: Document, chunk_size: int = 400, chunk_overlap: int = 80) -> list[Chunk]:
+def chunk_document(doc: Document, chunk_size: int, chunk_overlap: int) -> list[Chunk]:
     """Chunks of ``doc`` in document order (see the module docstring for the rules).
 
     Offsets are exact: ``doc.text[c.start:c.end]`` is the chunk's span and

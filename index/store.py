@@ -30,9 +30,13 @@ from filelock import FileLock, Timeout
 
 from qiao.corpus.chunking import chunk_document
 from qiao.corpus.models import Chunk, Document
+from qiao.errors import Busy, NoIndex
+from qiao.config import AnalyserConfig
 from qiao.index.analysers import analyser_fingerprint, tokenize_many
+from qiao.index.analysers import configure as configure_analyser
 from qiao.index.backend import TermStats
 from qiao.index.bm25 import BM25Index
+from qiao.index.embedders import IndexEmbedder
 from qiao.index.vectors import VectorIndex
 
 SCHEMA_VERSION = 1
@@ -41,24 +45,29 @@ DATA_FILES = ("documents.jsonl", "chunks.jsonl", "vectors.faiss")
 MILVUS_DATA_FILES = ("documents.jsonl", "chunks.jsonl", "terms.json")  # QIAO_BACKEND=milvus: vectors live in Milvus
 
 
-class IndexLoadError(RuntimeError):
+class IndexLoadError(NoIndex):
     """The index is missing, corrupt, or was built with other settings. The message says what to do."""
 
 
-class IndexBusyError(RuntimeError):
+class IndexBusyError(Busy):
     """Another process is writing the index."""
 
 
-@lru_cache(maxsize=1)
 def pipeline_fingerprint() -> str:
     """Identifies the code and data that turn documents into chunks and tokens.
 
     Part of the manifest's settings, so a change to the chunker, the gazetteer or the
-    analysers makes the index stale (embeddings are still reused from the cache).
+    analysers (code, data or options) makes the index stale (embeddings are still reused from
+    the cache).
     """
+    return _pipeline_fingerprint(analyser_fingerprint())
+
+
+@lru_cache(maxsize=8)
+def _pipeline_fingerprint(analyser: str) -> str:
     from qiao import corpus
 
-    h = hashlib.sha256(analyser_fingerprint().encode())
+    h = hashlib.sha256(analyser.encode())
     root = Path(corpus.__file__).parent
     for p in sorted([*root.glob("*.py"), *(root / "data").glob("*")]):
         if p.is_file():
@@ -68,8 +77,21 @@ def pipeline_fingerprint() -> str:
 
 
 def index_settings(settings) -> dict:
-    """Everything that, when changed, makes a built index stale."""
+    """Everything that, when changed, makes a built index stale (puts the settings' analyser
+    options in force first, so the pipeline fingerprint is theirs)."""
+    configure_analyser(AnalyserConfig.of(settings))
     return {**settings.index_affecting(), "pipeline": pipeline_fingerprint()}
+
+
+def index_fingerprint(settings, model_id: str, corpus_id: str) -> str:
+    """The one fingerprint of a would-be index: hex sha256 of its index settings (chunking, HNSW,
+    embedder, pipeline code and analyser options), the embedder's model id and ``corpus_id`` (what
+    identifies the documents: :func:`corpus_fingerprint` or a dataset's sha256)."""
+    h = hashlib.sha256()
+    h.update(f"schema={SCHEMA_VERSION}\n".encode())
+    h.update(json.dumps(index_settings(settings), sort_keys=True).encode())
+    h.update(f"\n{model_id}\n{corpus_id}".encode())
+    return h.hexdigest()
 
 
 def corpus_fingerprint(documents: Sequence[Document], index_settings: dict) -> str:
@@ -102,13 +124,23 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
     """fsync a file or a directory (a directory's fsync makes renames inside it durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically: write a temporary beside it, fsync, rename."""
+    tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _write_jsonl(path: Path, rows) -> None:
@@ -138,14 +170,13 @@ class BuildReport:
 
 def build_index(
     documents: Sequence[Document],
-    embedder,
+    embedder: IndexEmbedder,
     root: Path,
     settings,
     *,
     progress: bool = True,
     log: Callable[[str], None] = lambda s: None,
     lock_timeout: float = 600,
-    _fail_after: str | None = None,  # test hook: raise after this step ("embed", "write")
 ) -> BuildReport:
     """Chunk, analyse, embed and write a new index under ``root``, then make it current.
 
@@ -154,6 +185,7 @@ def build_index(
     longer than ``lock_timeout`` seconds.
     """
     t0 = time.perf_counter()
+    configure_analyser(AnalyserConfig.of(settings))
     lock = writer_lock(root, lock_timeout)
     try:
         lock.acquire()
@@ -171,13 +203,8 @@ def build_index(
         chunks = chunk_documents(documents, settings.chunk_size, settings.chunk_overlap)
         log(f"{len(documents)} documents -> {len(chunks)} chunks")
         tokens = tokenize_many([bm25_text(c) for c in chunks])
-        try:
-            vectors = embedder.embed_passages([c.embed_text for c in chunks], batch_size=settings.embed_batch_size, progress=progress)
-        except TypeError:  # a bare embedder without the cache's keyword arguments
-            vectors = embedder.embed_passages([c.embed_text for c in chunks])
-        embedded = getattr(embedder, "last_embedded", len(chunks))
-        if _fail_after == "embed":
-            raise RuntimeError("injected failure after embedding")
+        vectors = embedder.embed_passages([c.embed_text for c in chunks], batch_size=settings.embed_batch_size, progress=progress)
+        embedded = embedder.last_embedded
 
         build_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
         tmp = builds / f".tmp-{build_id}"
@@ -192,17 +219,15 @@ def build_index(
                 vectors, hnsw_threshold=settings.hnsw_threshold, hnsw_m=settings.hnsw_m, ef_search=settings.hnsw_ef_search
             ).save(tmp / "vectors.faiss")
             BM25Index.build(tokens).save(tmp / "bm25")
-        if _fail_after == "write":
-            raise RuntimeError("injected failure while writing")
 
         files = {}
         for p in sorted(tmp.rglob("*")):
             if p.is_file():
-                _fsync(p)  # FAISS and bm25s write without fsync; a power cut must not leave holes
+                fsync_path(p)  # FAISS and bm25s write without fsync; a power cut must not leave holes
                 rel = p.relative_to(tmp).as_posix()
                 files[rel] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
         for d in sorted(x for x in tmp.rglob("*") if x.is_dir()):
-            _fsync(d)
+            fsync_path(d)
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "build_id": build_id,
@@ -220,14 +245,14 @@ def build_index(
             json.dump(manifest, f, indent=2, ensure_ascii=False)
             f.flush()
             os.fsync(f.fileno())
-        _fsync(tmp)
+        fsync_path(tmp)
         final = builds / build_id
         os.rename(tmp, final)
-        _fsync(builds)
+        fsync_path(builds)
         link_tmp = root / f".current-{build_id}"
         os.symlink(Path("builds") / build_id, link_tmp)
         os.replace(link_tmp, root / "current")  # the atomic switch
-        _fsync(root)
+        fsync_path(root)
         _remove_old_builds(root, keep={build_id})
         if milvus_section is not None:  # rows of removed chunks go only now that no new reader needs them
             try:

@@ -250,7 +250,7 @@ def run_eval(engine, questions: list[EvalQuestion], k: int = 8) -> tuple[list[Qu
         repeat_ms.append(engine.ask(q.question, k=k).took_ms)
     report = {
         "questions": len(results),
-        "threshold": engine.settings.qa_min_evidence,
+        "threshold": engine.config.min_evidence,
         "summary": summarise(results),
         "markers_ok": all(r.markers_ok for r in results),
         "latency_ms": _latency([r.answer.took_ms for r in results]),

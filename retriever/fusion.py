@@ -44,7 +44,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from qiao.index.backend import TermStats
+from qiao.config import FusionConfig
+from qiao.index.backend import SearchBackend, TermStats
 
 MIN_SPREAD = 0.01
 """Floor of the per-language cosine spread (a language with one or two candidates, or identical
@@ -104,7 +105,7 @@ def _pooled(vec_lists, lang_top: int) -> tuple[float, float]:
 
 
 def calibrated_vector(
-    vec_lists: Sequence[tuple[str, np.ndarray, np.ndarray]], row_lang: np.ndarray, lang_top: int = 20
+    vec_lists: Sequence[tuple[str, np.ndarray, np.ndarray]], row_lang: np.ndarray, lang_top: int
 ) -> dict[int, float]:
     """The vector candidates scored by their per-language cosine z-score: ``{row: z}``.
 
@@ -126,12 +127,12 @@ def calibrated_fusion(
     row_lang: np.ndarray,
     cos_of: Callable[[np.ndarray], np.ndarray],
     *,
-    bm25_weight: float = 2.0,
-    lang_top: int = 20,
-    match: float | None = None,
-    trust_low: float = 0.0,
-    trust_high: float = 0.0,
-    lang_renorm: bool = False,
+    bm25_weight: float,
+    lang_top: int,
+    match: float | None,
+    trust_low: float,
+    trust_high: float,
+    lang_renorm: bool,
 ) -> dict[int, float]:
     """Language-calibrated score fusion (see the module docstring). Returns ``{row: fused score}``.
 
@@ -177,11 +178,11 @@ def _renorm_by_language(scores: dict[int, float], row_lang: np.ndarray, lang_top
     return dict(zip(rows.tolist(), out.tolist()))
 
 
-def fuse(cand, index, settings, cos_of: Callable[[np.ndarray], np.ndarray]) -> dict[int, float]:
+def fuse(cand, index: SearchBackend, config: FusionConfig, cos_of: Callable[[np.ndarray], np.ndarray]) -> dict[int, float]:
     """Fused score of every candidate row of ``cand`` (a :class:`retriever.hybrid.Candidates`)."""
-    if getattr(settings, "fusion", "calibrated") == "rrf":
+    if config.method == "rrf":
         return reciprocal_rank_fusion(
-            [cand.bm25_rows, cand.vec_rows], [settings.weight_bm25, settings.weight_vector], k=settings.rrf_k
+            [cand.bm25_rows, cand.vec_rows], [config.weight_bm25, config.weight_vector], k=config.rrf_k
         )
     return calibrated_fusion(
         cand.bm25_rows,
@@ -189,12 +190,12 @@ def fuse(cand, index, settings, cos_of: Callable[[np.ndarray], np.ndarray]) -> d
         cand.vec_lists,
         index.chunk_lang,
         cos_of,
-        bm25_weight=settings.fusion_bm25_weight,
-        lang_top=settings.fusion_lang_top,
-        match=match_ratio(index.term_stats(), cand) if settings.fusion_trust_high > 0 else None,
-        trust_low=settings.fusion_trust_low,
-        trust_high=settings.fusion_trust_high,
-        lang_renorm=settings.fusion_lang_renorm,
+        bm25_weight=config.bm25_weight,
+        lang_top=config.lang_top,
+        match=match_ratio(index.term_stats(), cand) if config.trust_high > 0 else None,
+        trust_low=config.trust_low,
+        trust_high=config.trust_high,
+        lang_renorm=config.lang_renorm,
     )
 
 

@@ -9,10 +9,13 @@ import numpy as np
 from qiao.corpus.lang import detect_lang
 from qiao.index.analysers import tokenize
 from qiao.index.glossary import expand_query
+from qiao.config import RetrievalConfig
 from qiao.index.backend import SearchBackend
+from qiao.index.embedders import Embedder
 from qiao.retriever.filters import filter_mask
 from qiao.retriever.fusion import calibrated_vector, fuse
 from qiao.retriever.models import MODES, Filters, Hit
+from qiao.settings import Settings
 
 
 def _top_rows(scores: np.ndarray, depth: int, mask: np.ndarray | None) -> np.ndarray:
@@ -57,10 +60,11 @@ class HybridRetriever:
     Stateless apart from the index and the embedder, so one instance serves concurrent requests.
     """
 
-    def __init__(self, index: SearchBackend, embedder, settings):
+    def __init__(self, index: SearchBackend, embedder: Embedder, config: RetrievalConfig | Settings):
+        """``config``: the retrieval slice of the settings (a whole ``Settings`` is sliced here)."""
         self.index = index
         self.embedder = embedder
-        self.settings = settings
+        self.config = config if isinstance(config, RetrievalConfig) else RetrievalConfig.of(config)
         self.languages: list[str] = index.languages
 
     def analyse(self, query: str) -> QueryAnalysis:
@@ -69,11 +73,11 @@ class HybridRetriever:
     def bm25_candidates(self, qa: QueryAnalysis, depth: int, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """``(rows, all_scores)``: the top rows and the score array ``(n,)`` they came from."""
         if hasattr(self.index, "lexical_search"):  # a remote backend (Milvus): top rows only, see below
-            rows, top = self.index.lexical_search(qa.tokens, qa.bridge, self.settings.glossary_weight, depth, mask)
+            rows, top = self.index.lexical_search(qa.tokens, qa.bridge, self.config.glossary_weight, depth, mask)
             scores = np.zeros(self.index.size, np.float32)
             scores[rows] = top
             return rows, scores
-        scores = self.index.lexical_scores(qa.tokens, qa.bridge, self.settings.glossary_weight)
+        scores = self.index.lexical_scores(qa.tokens, qa.bridge, self.config.glossary_weight)
         return _top_rows(scores, depth, mask), scores
 
     def query_vector(self, query: str) -> np.ndarray:
@@ -107,6 +111,10 @@ class HybridRetriever:
                 out.append((lang, rows, scores))
         return out
 
+    def depth(self, k: int) -> int:
+        """Candidates taken from each retriever for a request of ``k`` hits."""
+        return max(self.config.candidate_depth, 3 * k)
+
     def candidates(
         self,
         query: str,
@@ -118,12 +126,12 @@ class HybridRetriever:
         """Each retriever's candidate list for ``query`` (empty for a retriever the mode does not use)."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
-        depth = max(self.settings.candidate_depth, 3 * k)
+        depth = self.depth(k)
         qa = self.analyse(query)
         cand = Candidates(qa=qa)
         if mode in ("bm25", "hybrid"):
             cand.bm25_rows, cand.bm25_all = self.bm25_candidates(qa, depth, mask)
-        if mode in ("vector", "hybrid") and getattr(self.settings, "fusion", "calibrated") == "rrf":
+        if mode in ("vector", "hybrid") and self.config.fusion.method == "rrf":
             cand.vec_rows, cand.vec_scores = self.vector_candidates(query, depth, mask, query_vector)
         elif mode in ("vector", "hybrid"):
             qv = self.query_vector(query) if query_vector is None else query_vector
@@ -141,7 +149,7 @@ class HybridRetriever:
             # candidates too, so fusion sees the same scores as with the full array
             extra = np.setdiff1d(cand.vec_rows, cand.bm25_rows)
             if extra.size:
-                cand.bm25_all[extra] = self.index.lexical_scores_of(extra, qa.tokens, qa.bridge, self.settings.glossary_weight)
+                cand.bm25_all[extra] = self.index.lexical_scores_of(extra, qa.tokens, qa.bridge, self.config.glossary_weight)
         return cand
 
     def rank(
@@ -167,14 +175,14 @@ class HybridRetriever:
         if mode == "vector":
             if not cand.vec_lists:  # rrf setting: the raw cosine ranking
                 return [(int(r), float(v)) for r, v in zip(cand.vec_rows, cand.vec_scores)]
-            scored = calibrated_vector(cand.vec_lists, self.index.chunk_lang, self.settings.fusion_lang_top)
+            scored = calibrated_vector(cand.vec_lists, self.index.chunk_lang, self.config.fusion.lang_top)
             return sorted(scored.items(), key=lambda kv: (-kv[1], kv[0]))
         qv = cand.query_vector
 
         def cos_of(rows: np.ndarray) -> np.ndarray:
             return self.index.vectors(rows) @ qv
 
-        fused = fuse(cand, self.index, self.settings, cos_of)
+        fused = fuse(cand, self.index, self.config.fusion, cos_of)
         return sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))
 
     def search(self, query: str, k: int = 10, mode: str = "hybrid", filters: Filters | None = None) -> list[Hit]:
@@ -224,7 +232,7 @@ class HybridRetriever:
                 if overlap > 0 and overlap >= 0.5 * min(o.end - o.start, c.end - c.start):
                     return True
         v = self.index.vectors(np.array([row]))[0]
-        if kept_vecs and float((np.stack(kept_vecs) @ v).max()) >= self.settings.dedup_threshold:
+        if kept_vecs and float((np.stack(kept_vecs) @ v).max()) >= self.config.dedup_threshold:
             return True
         kept_vecs.append(v)  # kept_vecs[i] is the vector of hits[i]
         return False

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -241,20 +240,6 @@ def test_regions_come_from_gazetteer_when_present():
     ours = [e for e in glossary_entries() if e.kind == "region"]
     assert len(ours) == len([r for r in regions if r.en and r.zh_hans])
     assert {e.en for e in ours} == {r.en for r in regions if r.en and r.zh_hans}
-
-
-def test_fallback_regions_when_gazetteer_missing(monkeypatch):
-    monkeypatch.setitem(sys.modules, "qiao.corpus.gazetteer", None)  # makes the import raise ImportError
-    reload_glossary()
-    try:
-        regions = [e for e in glossary_entries() if e.kind == "region"]
-        assert any(e.en == "Tianjin" and e.zh == "天津" for e in regions)
-        added = expand_query("天津 细胞治疗 先行先试")
-        assert {"tianjin", "cell", "therapi"} <= set(added)
-        assert "天津" in expand_query("Tianjin Municipality")
-    finally:
-        monkeypatch.undo()
-        reload_glossary()
 
 
 def test_malformed_glossary_line_is_reported(tmp_path, monkeypatch):

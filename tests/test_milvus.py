@@ -14,6 +14,7 @@ from qiao.index.analysers import tokenize
 from qiao.index.backend import SearchBackend
 from qiao.index.glossary import expand_query
 from qiao.index.milvus_backend import MilvusError, MilvusIndex, collection_name, connect
+from qiao.index import store
 from qiao.index.store import IndexLoadError, bm25_text, build_index, current_build, load_index, read_manifest
 from qiao.retriever.models import Filters
 from qiao.service.core import QiaoService, collect_documents
@@ -124,7 +125,11 @@ def test_add_and_remove_write_only_the_changed_rows(fresh_service):
 
 
 @pytest.mark.parametrize("tolerance", [1.0, 0.0], ids=["incremental", "new-generation"])
-def test_a_failed_build_leaves_the_current_index_searchable(fresh_service, tolerance):
+def _boom(path):
+    raise RuntimeError(f"injected failure while checksumming {path}")
+
+
+def test_a_failed_build_leaves_the_current_index_searchable(fresh_service, tolerance, monkeypatch):
     """A build that dies after writing Milvus but before the catalog switch: the current index
     answers exactly as before; the next build reuses (incremental) or drops (generation) its rows."""
     service = fresh_service(backend="milvus", milvus_avgdl_tolerance=tolerance)
@@ -133,8 +138,9 @@ def test_a_failed_build_leaves_the_current_index_searchable(fresh_service, toler
     first = read_manifest(service.settings.index_dir)["milvus"]["collection"]
     before = [h.chunk.chunk_id for h in service.snapshot.retriever.search("stem cell clinical research", k=10)]
     size = service.snapshot.index.size
-    with pytest.raises(RuntimeError, match="injected"):
-        build_index(docs, service.embedder, service.settings.index_dir, service.settings, progress=False, _fail_after="write")
+    with monkeypatch.context() as m, pytest.raises(RuntimeError, match="injected"):
+        m.setattr(store, "sha256_file", _boom)  # dies while checksumming the new catalog, before the switch
+        build_index(docs, service.embedder, service.settings.index_dir, service.settings, progress=False)
     service.load()
     index = service.snapshot.index
     assert index.collection == first and index.size == size
