@@ -264,11 +264,12 @@ def _heading_candidate(line: _Line) -> bool:
     c = line.clean
     if line.date or not c or "\n" in c or c[-1] in _HEADING_END_PUNCT:
         return False
-    if not _HAS_LETTER_RE.search(c):
+    letter = _HAS_LETTER_RE.search(c)
+    if letter is None:
         return False
     if detect_lang(c) == "zh":
         return len(c) <= _HEADING_MAX_ZH
-    first = _HAS_LETTER_RE.search(c).group()
+    first = letter.group()
     return len(c) <= _HEADING_MAX_EN and not first.islower()
 
 

@@ -107,6 +107,8 @@ class SentenceTransformerEmbedder:
         self.passage_prefix = passage_prefix
         self.batch_size = batch_size
         dim = self._model.get_sentence_embedding_dimension()
+        if dim is None:
+            raise EmbedderError(f"sentence-transformers model {model!r} does not report its embedding dimension")
         self.dim = int(dim)
         name = Path(model).name if os.path.isdir(model) else model
         self.model_id = f"st/{name}|q={query_prefix!r}|p={passage_prefix!r}"

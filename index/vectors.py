@@ -48,6 +48,7 @@ class VectorIndex:
         """``vectors``: ``(n, dim)`` float32, normalised."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         n, dim = vectors.shape
+        index: faiss.Index
         if n > hnsw_threshold:
             index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
@@ -59,8 +60,9 @@ class VectorIndex:
 
     def _search_params(self, sel: faiss.IDSelector, k: int) -> faiss.SearchParameters:
         if self.kind == "hnsw":
-            return faiss.SearchParametersHNSW(sel=sel, efSearch=max(k, self.ef_search))
-        return faiss.SearchParameters(sel=sel)
+            # (faiss' bundled stubs lack the search-parameter keyword arguments)
+            return faiss.SearchParametersHNSW(sel=sel, efSearch=max(k, self.ef_search))  # type: ignore[attr-defined]
+        return faiss.SearchParameters(sel=sel)  # type: ignore[call-arg]
 
     def search(
         self, query: np.ndarray, k: int, allowed: np.ndarray | None = None, cache_key: object | None = None
@@ -114,9 +116,9 @@ class VectorIndex:
             return
         if self.kind == "hnsw":
             keep = np.setdiff1d(np.arange(self.size, dtype=np.int64), rows)
-            old = self.index
+            m = int(self.index.hnsw.nb_neighbors(1))  # type: ignore[attr-defined]  # an HNSW index (kind)
             kept = self.reconstruct(keep)
-            index = faiss.IndexHNSWFlat(self.dim, old.hnsw.nb_neighbors(1), faiss.METRIC_INNER_PRODUCT)
+            index = faiss.IndexHNSWFlat(self.dim, m, faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
             index.hnsw.efSearch = self.ef_search
             if len(kept):

@@ -222,7 +222,7 @@ def write_answer(question: str, citations: list, llm) -> str:
 def _replace(obj: Any, **changes):
     if isinstance(obj, dict):
         return {**obj, **changes}
-    if dataclasses.is_dataclass(obj):
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return dataclasses.replace(obj, **{k: v for k, v in changes.items() if k in {f.name for f in dataclasses.fields(obj)}})
     for k, v in changes.items():
         setattr(obj, k, v)

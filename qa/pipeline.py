@@ -275,7 +275,7 @@ class AnswerEngine:
             if phrase:
                 source = x
                 break
-        if phrase is None:
+        if phrase is None or source is None:
             return self._answer_factoid(ev)
         comp = Composition()
         docs = self._docs()

@@ -13,7 +13,7 @@ regulation is not evidence for a Tianjin question however similar the wording.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, TypeAlias
 
 import numpy as np
 
@@ -33,7 +33,7 @@ TYPE_BONUS = 0.1
 for "when" questions, a figure for "how many" questions."""
 
 
-IdfTable = TermStats
+IdfTable: TypeAlias = TermStats
 """Lucene-style idf of analysed tokens over the indexed chunks: the backend's
 :meth:`~qiao.index.backend.SearchBackend.term_stats`."""
 

@@ -171,7 +171,9 @@ class HybridRetriever:
         if cand is None:
             cand = self.candidates(query, k, mode, filter_mask(self.index, filters), query_vector)
         if mode == "bm25":
-            return [(int(r), float(cand.bm25_all[r])) for r in cand.bm25_rows]
+            bm25_all = cand.bm25_all
+            assert bm25_all is not None  # bm25 mode always scores
+            return [(int(r), float(bm25_all[r])) for r in cand.bm25_rows]
         if mode == "vector":
             if not cand.vec_lists:  # rrf setting: the raw cosine ranking
                 return [(int(r), float(v)) for r, v in zip(cand.vec_rows, cand.vec_scores)]
