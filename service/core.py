@@ -178,7 +178,8 @@ class QiaoService:
         emb = self.embedder
         try:
             index = load_index(
-                self.settings.index_dir, expect_model_id=emb.model_id, expect_dim=emb.dim, ef_search=self.settings.hnsw_ef_search
+                self.settings.index_dir, expect_model_id=emb.model_id, expect_dim=emb.dim, ef_search=self.settings.hnsw_ef_search,
+                settings=self.settings,  # a Milvus-backed index needs its URI and collection
             )
         except IndexLoadError as exc:
             self.load_error = str(exc)
@@ -198,11 +199,17 @@ class QiaoService:
         except IndexLoadError:
             return None
 
+    def _build_embedder(self):
+        """The embedder builds use: through Ray actors when QIAO_RAY_ADDRESS is set (index/ray_ingest.py)."""
+        from qiao.index.ray_ingest import build_embedder
+
+        return build_embedder(self.embedder, self.settings)
+
     def stale_reason(self, documents) -> str | None:
         return stale_reason(self.settings.index_dir, documents, self.settings, self.embedder.model_id)
 
     def build(self, documents, progress: bool = True, log: Callable[[str], None] = lambda s: None, **kw) -> BuildReport:
-        report = build_index(documents, self.embedder, self.settings.index_dir, self.settings, progress=progress, log=log, **kw)
+        report = build_index(documents, self._build_embedder(), self.settings.index_dir, self.settings, progress=progress, log=log, **kw)
         self.load()
         return report
 
@@ -287,7 +294,7 @@ class QiaoService:
             raise LastDocumentError("the index must keep at least one document; add another before removing this one")
         build_kw.setdefault("progress", False)
         try:
-            report = build_index(documents, self.embedder, self.settings.index_dir, self.settings, **build_kw)
+            report = build_index(documents, self._build_embedder(), self.settings.index_dir, self.settings, **build_kw)
         except IndexBusyError:
             if change is not None:
                 self.store.discard(change)
