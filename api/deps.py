@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import Depends, HTTPException
+from fastapi import Depends
 from fastapi.exceptions import RequestValidationError
+
+from qiao.errors import NoIndex
 
 from qiao.api.schemas import too_long
 from qiao.service.core import QiaoService, Snapshot
@@ -18,7 +20,7 @@ def get_snapshot(service: QiaoService = Depends(get_service)) -> Snapshot:
     snap = service.snapshot
     if snap is None:
         detail = service.load_error or "no index is loaded"
-        raise HTTPException(status_code=503, detail=f"{detail} (build it with `qiao index`)")
+        raise NoIndex(f"{detail} (build it with `qiao index`)")
     return snap
 
 

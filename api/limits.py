@@ -73,6 +73,13 @@ async def drain(receive: Receive, state: _Body, announced: int | None = None) ->
             state.done = not msg.get("more_body", False)
 
 
+def route_limits(settings) -> dict[tuple[str, str], tuple[int, str, int]]:
+    """Routes with their own body limit: uploads (``QIAO_MAX_UPLOAD_BYTES`` plus the multipart framing)."""
+    from qiao.api.routes_admin import FRAMING_SLACK
+
+    return {("POST", "/documents"): (settings.max_upload_bytes + FRAMING_SLACK, "QIAO_MAX_UPLOAD_BYTES", settings.max_upload_bytes)}
+
+
 class BodyLimitMiddleware:
     """413 for request bodies over a limit, and a drained body before any early answer (see the module doc)."""
 

@@ -7,6 +7,7 @@ import time
 from fastapi import APIRouter, Depends, HTTPException, Query
 
 from qiao.api.deps import check_text_length, get_service, get_snapshot
+from qiao.api.errors import redact_paths
 from qiao.api.schemas import (
     DocumentList,
     DocumentMeta,
@@ -17,6 +18,7 @@ from qiao.api.schemas import (
     SearchResponse,
     error_responses,
 )
+from qiao.errors import UnknownDocument, check_doc_ids
 from qiao.service.core import QiaoService, Snapshot
 
 router = APIRouter()
@@ -28,19 +30,13 @@ def health(service: QiaoService = Depends(get_service)) -> HealthResponse:
     if snap is None:
         return HealthResponse(
             status="no_index", index_loaded=False, chunks=0, documents=0,
-            embedder=service.settings.embedder, detail=service.load_error,
+            embedder=service.settings.embedder, detail=redact_paths(service.load_error) if service.load_error else None,
         )
     m = snap.index.manifest
     return HealthResponse(
         status="ok", index_loaded=True, chunks=snap.index.size, documents=len(snap.index.documents),
         embedder=m["embedder"]["model_id"], build_id=m.get("build_id"),
     )
-
-
-def check_doc_ids(snap: Snapshot, doc_ids: list[str] | None) -> None:
-    for d in doc_ids or ():
-        if d not in snap.index.documents:
-            raise HTTPException(status_code=404, detail=f"unknown doc_id {d!r} in filters: list documents with GET /documents")
 
 
 @router.post("/search", response_model=SearchResponse, tags=["search"], responses=error_responses(400, 404, 422, 503))
@@ -50,7 +46,7 @@ def search(
     """Ranked passages for a query in English or Chinese, with their exact offsets into the source."""
     check_text_length(req.query, "query", service)
     t0 = time.perf_counter()
-    check_doc_ids(snap, req.filters.doc_id)
+    check_doc_ids(snap.index.documents, req.filters.doc_id)
     hits = snap.retriever.search(req.query, k=req.k, mode=req.mode, filters=req.filters.to_filters())
     return SearchResponse(
         query=req.query, mode=req.mode, took_ms=round((time.perf_counter() - t0) * 1000, 3),
@@ -85,7 +81,7 @@ def get_document(
     """The original text and metadata; with ``start``/``end``, the span marked with its line numbers."""
     doc = snap.index.documents.get(doc_id)
     if doc is None:
-        raise HTTPException(status_code=404, detail=f"unknown doc_id {doc_id!r}: list documents with GET /documents")
+        raise UnknownDocument(doc_id)
     span = None
     if start is not None or end is not None:
         if start is None or end is None:

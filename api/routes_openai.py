@@ -35,8 +35,10 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from qiao.api.deps import get_service
+from qiao.api.errors import redact_paths
 from qiao.api.schemas import SearchFilters
 from qiao.corpus.lang import detect_lang
+from qiao.errors import NoIndex, QiaoError, UnknownDocument, check_doc_ids, openai_error_fields
 from qiao.service.core import QiaoService
 from qiao.service.followup import resolve_question
 from qiao.settings import Settings
@@ -62,8 +64,14 @@ class OpenAIError(Exception):
         self.message, self.status, self.param, self.code, self.type = message, status, param, code, type
 
     def response(self) -> JSONResponse:
-        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        body = {"error": {"message": redact_paths(self.message)[:2000], "type": self.type, "param": self.param, "code": self.code}}
         return JSONResponse(body, status_code=self.status)
+
+    @classmethod
+    def of(cls, exc: QiaoError, param: str | None = None) -> "OpenAIError":
+        """The OpenAI shape of one of the service's errors (the one mapping: qiao.errors.openai_error_fields)."""
+        f = openai_error_fields(exc)
+        return cls(f["message"], status=f["status"], param=param, code=f["code"], type=f["type"])
 
 
 # --- request parsing -----------------------------------------------------------------------------
@@ -283,13 +291,16 @@ def _answer_chat(raw: bytes, service: QiaoService):
     snap = service.snapshot
     if snap is None:
         detail = service.load_error or "no index is loaded"
-        raise OpenAIError(f"{detail} (build it with `qiao index`)", status=503, type="server_error", code="index_unavailable")
-    for d in req.filters.doc_id or ():
-        if d not in snap.index.documents:
-            raise OpenAIError(f"unknown doc_id {d!r} in filters: list documents with GET /documents", status=404, param="filters.doc_id", code="not_found")
+        raise OpenAIError.of(NoIndex(f"{detail} (build it with `qiao index`)"))
+    try:
+        check_doc_ids(snap.index.documents, req.filters.doc_id)
+    except UnknownDocument as exc:
+        raise OpenAIError.of(exc, param="filters.doc_id") from None
     question = chat_question(req, settings.max_query_chars)
     try:
         answer = _ask(service, snap, question, req.k, req.filters)
+    except QiaoError as exc:
+        raise OpenAIError.of(exc) from None
     except Exception as exc:  # noqa: BLE001 - answered in the OpenAI shape rather than a bare 500
         raise OpenAIError(f"the answer pipeline failed: {type(exc).__name__}: {exc}", status=500, type="server_error") from exc
     return req, question, answer, render_content(answer, question), snap

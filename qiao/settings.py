@@ -45,10 +45,39 @@ class Settings(BaseSettings):
     chunk_size: int = Field(350, ge=50, le=5000, description="prose window size in characters (tuned: eval/RESULTS.md)")
     chunk_overlap: int = Field(40, ge=0, le=2000, description="prose window overlap in characters (tuned: eval/RESULTS.md)")
 
+    # --- text analysis (BM25 tokens; part of the index fingerprint; see index/analysers.py) ----
+    analyser_chinese_mode: Literal["search", "precise"] = Field(
+        "search", description="search: jieba words and the dictionary words inside them; precise: jieba words only"
+    )
+    analyser_jieba_hmm: bool = Field(False, description="let jieba guess unknown words with its HMM")
+    analyser_user_dict: bool = Field(True, description="load the domain user dictionary into jieba")
+
     # --- index ---------------------------------------------------------------
     hnsw_threshold: int = Field(50_000, description="use HNSW instead of a flat index above this many chunks")
     hnsw_m: int = 32
     hnsw_ef_search: int = 128
+
+    # --- search backend (index/milvus_backend.py) and distributed ingest (index/ray_ingest.py) ---
+    backend: Literal["faiss", "milvus"] = Field(
+        "faiss", description="faiss: FAISS + bm25s in this process; milvus: a Milvus collection (milvus-lite file or server)"
+    )
+    milvus_uri: str | None = Field(
+        None,
+        description="a file path -> embedded milvus-lite (default: <data_dir>/milvus.db); http(s)://host:19530 -> a Milvus server or cluster",
+    )
+    milvus_token: str | None = Field(None, description="Milvus credentials: 'user:password' or an API key")
+    milvus_collection_prefix: str = Field(
+        "qiao", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,100}$", description="collection names are <prefix>_<fingerprint of the index settings>"
+    )
+    milvus_timeout: float = Field(10.0, gt=0, description="seconds to wait for a Milvus server before saying it is unreachable")
+    milvus_avgdl_tolerance: float = Field(
+        0.02, ge=0.0, le=1.0,
+        description="incremental updates keep the stored BM25 length normalisation until the mean chunk length drifts by more than this share",
+    )
+    ray_address: str | None = Field(
+        None, description="set to embed through Ray: 'local' starts a local cluster, anything else is a cluster address (ray://host:10001, auto)"
+    )
+    ray_workers: int = Field(0, ge=0, le=1024, description="embedding actors for Ray ingest (0: one per CPU of the cluster)")
 
     # --- retrieval -----------------------------------------------------------
     fusion: Literal["calibrated", "rrf"] = Field(
@@ -105,6 +134,7 @@ class Settings(BaseSettings):
         "comma-separated in QIAO_ALLOWED_ORIGINS. The server's own origin is always allowed, any other is refused (403)",
     )
     api_key: str | None = None
+    api_docs: bool = Field(False, description="serve /docs and /redoc (their scripts come from a CDN); /openapi.json is always served")
     max_upload_bytes: int = 20 * 1024 * 1024
     http_write_wait: float = Field(
         30.0, gt=0, description="seconds an HTTP write (upload, delete, reindex) waits for another writer before a 503 busy"
@@ -150,7 +180,14 @@ class Settings(BaseSettings):
             "chunk_size": self.chunk_size,
             "chunk_overlap": self.chunk_overlap,
             "hnsw_threshold": self.hnsw_threshold,
+            # only when not the default, so existing FAISS indexes stay current
+            **({"backend": self.backend} if self.backend != "faiss" else {}),
         }
+
+    @property
+    def milvus_target(self) -> str:
+        """The Milvus URI in use: QIAO_MILVUS_URI, or a milvus-lite file in the data directory."""
+        return self.milvus_uri or str(self.data_dir / "milvus.db")
 
 
 @lru_cache(maxsize=1)
