@@ -312,12 +312,12 @@ def cmd_eval(args) -> int:
     from qiao.eval.beir import DatasetError, load_beir
     from qiao.eval.report import text_table, write_report
     from qiao.eval.run import evaluate
-    from qiao.retriever.models import MODES
+    from qiao.retriever.hybrid import EVAL_MODES
 
-    modes = args.mode or ["bm25", "vector", "hybrid"]
-    for m in modes:
-        if m not in MODES:
-            raise CLIError(f"unknown mode {m!r}; use one of {', '.join(MODES)}")
+    modes = args.mode or None  # None: every signal the eval index has, then hybrid
+    for m in modes or ():
+        if m not in EVAL_MODES:
+            raise CLIError(f"unknown mode {m!r}; use one of {', '.join(EVAL_MODES)}")
     if args.sample is not None and args.sample < 1:
         raise CLIError("--sample must be at least 1")
     try:
@@ -403,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("eval", help="retrieval evaluation on a BEIR dataset (nDCG@10, recall, MRR, latency per mode)")
     s.add_argument("--dataset", action="append", required=True, metavar="DIR",
                    help="BEIR directory: corpus.jsonl, queries.jsonl, qrels/<split>.tsv (repeatable)")
-    s.add_argument("--mode", action="append", help="bm25, vector or hybrid (repeatable; default: all three)")
+    s.add_argument("--mode", action="append", help="bm25, vector, vector2 (the second embedder alone) or hybrid (repeatable; default: all three)")
     s.add_argument("--split", default="test", help="qrels file name under qrels/ (default: test)")
     s.add_argument("--sample", type=int, help="evaluate a fixed seeded sample of N queries (default: all)")
     s.add_argument("--latency-sample", type=int, default=100,

@@ -3,7 +3,8 @@
 Layout under ``root`` (``Settings.index_dir``)::
 
     root/current            -> builds/<build_id>   (symlink, swapped atomically)
-    root/builds/<build_id>/  manifest.json, documents.jsonl, chunks.jsonl, vectors.faiss, bm25/
+    root/builds/<build_id>/  manifest.json, documents.jsonl, chunks.jsonl, vectors.faiss, bm25/,
+                             vectors2.faiss (the second embedder's vectors, when configured)
     root/builds/.tmp-*       a build in progress (never loaded; removed by the next build)
     root/.lock               serialises writers
 
@@ -37,6 +38,8 @@ from qiao.index.vectors import VectorIndex
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 DATA_FILES = ("documents.jsonl", "chunks.jsonl", "vectors.faiss")
+SECOND_VECTORS = "vectors2.faiss"
+"""The second embedder's vectors (index/use_embedder.py), when one is configured; rows as in vectors.faiss."""
 
 
 class IndexLoadError(RuntimeError):
@@ -170,6 +173,8 @@ def build_index(
         except TypeError:  # a bare embedder without the cache's keyword arguments
             vectors = embedder.embed_passages([c.embed_text for c in chunks])
         embedded = getattr(embedder, "last_embedded", len(chunks))
+        second = getattr(embedder, "second", None)
+        vectors2 = embed_second(second, chunks, settings, progress) if second is not None else None
         if _fail_after == "embed":
             raise RuntimeError("injected failure after embedding")
 
@@ -180,6 +185,8 @@ def build_index(
         _write_jsonl(tmp / "chunks.jsonl", (asdict(c) for c in chunks))
         VectorIndex.build(vectors, settings.hnsw_threshold, settings.hnsw_m, settings.hnsw_ef_search).save(tmp / "vectors.faiss")
         BM25Index.build(tokens).save(tmp / "bm25")
+        if vectors2 is not None:
+            VectorIndex.build(vectors2, settings.hnsw_threshold, settings.hnsw_m, settings.hnsw_ef_search).save(tmp / SECOND_VECTORS)
         if _fail_after == "write":
             raise RuntimeError("injected failure while writing")
 
@@ -196,6 +203,9 @@ def build_index(
             "build_id": build_id,
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "embedder": {"backend": settings.embedder, "model_id": embedder.model_id, "dim": int(embedder.dim)},
+            "second_embedder": (
+                {"model_id": second.model_id, "dim": int(second.dim), "file": SECOND_VECTORS} if vectors2 is not None else None
+            ),
             "documents": len(documents),
             "chunks": len(chunks),
             "vector_index": "hnsw" if len(chunks) > settings.hnsw_threshold else "flat",
@@ -219,6 +229,26 @@ def build_index(
         return BuildReport(final, build_id, len(documents), len(chunks), embedded, time.perf_counter() - t0)
     finally:
         lock.release()
+
+
+def embed_second(second, chunks: Sequence[Chunk], settings, progress: bool = False) -> np.ndarray:
+    """The second embedder's passage vectors (same texts as the first; its own cache keys)."""
+    texts = [c.embed_text for c in chunks]
+    try:
+        return second.embed_passages(texts, batch_size=settings.embed_batch_size, progress=progress)
+    except TypeError:  # a bare embedder without the cache's keyword arguments
+        return second.embed_passages(texts)
+
+
+def load_second(build: Path, manifest: dict, n: int) -> VectorIndex | None:
+    """The second embedder's vectors of a build (None when it was built without one)."""
+    meta = manifest.get("second_embedder")
+    if not meta:
+        return None
+    vi = VectorIndex.load(build / SECOND_VECTORS)
+    if vi.size != n or vi.dim != meta.get("dim"):
+        raise ValueError(f"second vector index holds {vi.size}x{vi.dim}, expected {n}x{meta.get('dim')}")
+    return vi
 
 
 def current_build(root: Path) -> Path | None:
@@ -299,6 +329,7 @@ class LoadedIndex:
     chunk_date: np.ndarray  # (n,) int32 yyyymmdd, 0 when the chunk has no date
     chunk_doc: np.ndarray  # (n,) '<U32' doc_id
     region_rows: dict[str, np.ndarray] = field(default_factory=dict)  # region key -> sorted row ids
+    vectors2: VectorIndex | None = None  # the second embedder's vectors (manifest "second_embedder"), if any
 
     @property
     def size(self) -> int:
@@ -409,6 +440,7 @@ def _load_index(root: Path, expect_model_id: str | None, expect_dim: int | None,
         if vectors.size != n or vectors.dim != emb.get("dim"):
             raise ValueError(f"vector index holds {vectors.size}x{vectors.dim}, expected {n}x{emb.get('dim')}")
         bm25 = BM25Index.load(build / "bm25", n)
+        vectors2 = load_second(build, manifest, n)
     except IndexLoadError:
         raise
     except Exception as exc:  # noqa: BLE001 - any parse failure means the same thing to the user
@@ -429,4 +461,5 @@ def _load_index(root: Path, expect_model_id: str | None, expect_dim: int | None,
         chunk_date=np.array([_date_int(c.date) for c in chunks], dtype=np.int32),
         chunk_doc=np.array([c.doc_id for c in chunks], dtype="<U32"),
         region_rows={r: np.array(v, dtype=np.int64) for r, v in region_lists.items()},
+        vectors2=vectors2,
     )

@@ -130,6 +130,7 @@ def calibrated_fusion(
     trust_low: float = 0.0,
     trust_high: float = 0.0,
     lang_renorm: bool = False,
+    second: "SecondSignal | None" = None,
 ) -> dict[int, float]:
     """Language-calibrated score fusion (see the module docstring). Returns ``{row: fused score}``.
 
@@ -140,11 +141,14 @@ def calibrated_fusion(
     the query, mapped to a BM25 trust by the ``trust_low``/``trust_high`` ramp (None: full trust).
     """
     fused = calibrated_vector(vec_lists, row_lang, lang_top)
-    extra = np.array([r for r in bm25_rows.tolist() if r not in fused], dtype=np.int64)
+    extra_rows = bm25_rows.tolist() + (second.rows() if second is not None and second.weight > 0 else [])
+    extra = np.array(list(dict.fromkeys(r for r in extra_rows if r not in fused)), dtype=np.int64)
     if extra.size:
         stats = language_stats(vec_lists, lang_top)
         z = _z(extra, np.asarray(cos_of(extra)), row_lang, stats, _pooled(vec_lists, lang_top))
         fused.update(zip(extra.tolist(), z.tolist()))
+    if second is not None:
+        add_second_signal(fused, second, row_lang, lang_top)
     if bm25_all is not None and bm25_weight > 0 and bm25_rows.size:
         top = float(bm25_all[bm25_rows[0]])
         if top > 0:
@@ -157,6 +161,47 @@ def calibrated_fusion(
     if lang_renorm and len({str(row_lang[r]) for r in fused}) > 1:
         fused = _renorm_by_language(fused, row_lang, lang_top)
     return fused
+
+
+class SecondSignal:
+    """The second embedder's evidence for one query (``index/use_embedder.py``).
+
+    ``vec_lists``: its ``(lang, rows, cosines)`` candidates per language, best first;
+    ``cos_of(rows) -> cosines`` for rows it did not propose; ``weight``: its share in the fusion.
+    """
+
+    def __init__(self, vec_lists, cos_of: Callable[[np.ndarray], np.ndarray], weight: float):
+        self.vec_lists = list(vec_lists)
+        self.cos_of = cos_of
+        self.weight = weight
+
+    def rows(self) -> list[int]:
+        """Its candidate rows (they join the fusion's candidates: a passage only it finds counts)."""
+        return [r for _l, rows, _s in self.vec_lists for r in rows.tolist()]
+
+
+def add_second_signal(fused: dict[int, float], second: SecondSignal, row_lang: np.ndarray, lang_top: int) -> None:
+    """``fused[d] += weight * z2(d)`` for every candidate, in place.
+
+    ``z2`` is the second embedder's cosine z-scored per passage language exactly like the first
+    one's (its own per-language mean and spread over its own top ``lang_top``), so the two
+    embedders' scales never mix; rows it did not propose get their cosine read back
+    (``second.cos_of``). Weight chosen on the dev sets: eval/RESULTS.md.
+    """
+    if second.weight <= 0 or not fused or not second.vec_lists:
+        return
+    stats = language_stats(second.vec_lists, lang_top)
+    pooled = _pooled(second.vec_lists, lang_top)
+    cos2: dict[int, float] = {}
+    for _lang, rows, scores in second.vec_lists:
+        cos2.update(zip(rows.tolist(), np.asarray(scores, np.float64).tolist()))
+    missing = np.array([r for r in fused if r not in cos2], dtype=np.int64)
+    if missing.size:
+        cos2.update(zip(missing.tolist(), np.asarray(second.cos_of(missing), np.float64).tolist()))
+    rows = np.fromiter(fused.keys(), dtype=np.int64, count=len(fused))
+    z2 = _z(rows, np.array([cos2[r] for r in rows.tolist()]), row_lang, stats, pooled)
+    for r, z in zip(rows.tolist(), z2.tolist()):
+        fused[r] += second.weight * z
 
 
 def _renorm_by_language(scores: dict[int, float], row_lang: np.ndarray, lang_top: int) -> dict[int, float]:
@@ -175,7 +220,9 @@ def _renorm_by_language(scores: dict[int, float], row_lang: np.ndarray, lang_top
     return dict(zip(rows.tolist(), out.tolist()))
 
 
-def fuse(cand, index, settings, cos_of: Callable[[np.ndarray], np.ndarray]) -> dict[int, float]:
+def fuse(
+    cand, index, settings, cos_of: Callable[[np.ndarray], np.ndarray], second: SecondSignal | None = None
+) -> dict[int, float]:
     """Fused score of every candidate row of ``cand`` (a :class:`retriever.hybrid.Candidates`)."""
     if getattr(settings, "fusion", "calibrated") == "rrf":
         return reciprocal_rank_fusion(
@@ -193,6 +240,7 @@ def fuse(cand, index, settings, cos_of: Callable[[np.ndarray], np.ndarray]) -> d
         trust_low=settings.fusion_trust_low,
         trust_high=settings.fusion_trust_high,
         lang_renorm=settings.fusion_lang_renorm,
+        second=second,
     )
 
 

@@ -8,10 +8,11 @@ import numpy as np
 
 from qiao.corpus.lang import detect_lang
 from qiao.index.analysers import tokenize
+from qiao.index.dictionary import bridge_tokens
 from qiao.index.glossary import expand_query
 from qiao.index.store import LoadedIndex
 from qiao.retriever.filters import filter_mask
-from qiao.retriever.fusion import calibrated_vector, fuse
+from qiao.retriever.fusion import SecondSignal, calibrated_vector, fuse
 from qiao.retriever.models import MODES, Filters, Hit
 
 
@@ -35,6 +36,7 @@ class QueryAnalysis:
     lang: str
     tokens: list[str]
     bridge: list[str]  # glossary tokens in the other language
+    dict_bridge: list[str] = field(default_factory=list)  # CC-CEDICT tokens (index/dictionary.py), not in tokens/bridge
 
 
 @dataclass
@@ -49,6 +51,14 @@ class Candidates:
     # vector/hybrid modes: the vector candidates of each language separately, [(lang, rows, cosines)]
     vec_lists: list[tuple[str, np.ndarray, np.ndarray]] = field(default_factory=list)
     query_vector: np.ndarray | None = None
+    # the second embedder (index/use_embedder.py), when the index has its vectors: its per-language lists
+    vec_lists2: list[tuple[str, np.ndarray, np.ndarray]] = field(default_factory=list)
+    query_vector2: np.ndarray | None = None
+
+
+EVAL_MODES = (*MODES, "vector2")
+"""Modes :meth:`HybridRetriever.rank` takes: the public ones plus ``vector2``, the second embedder
+alone (calibrated per language), which `qiao eval` reports as its own signal."""
 
 
 class HybridRetriever:
@@ -71,12 +81,38 @@ class HybridRetriever:
         self._lang_selectors: dict[str, object] = {}
 
     def analyse(self, query: str) -> QueryAnalysis:
-        return QueryAnalysis(query, detect_lang(query), tokenize(query), expand_query(query))
+        gloss = expand_query(query)
+        dict_terms = bridge_tokens(query, exclude=set(gloss)) if self.settings.dictionary_weight > 0 else []
+        return QueryAnalysis(query, detect_lang(query), tokenize(query), gloss, dict_terms)
 
     def bm25_candidates(self, qa: QueryAnalysis, depth: int, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """``(rows, all_scores)``: the top rows and the score array ``(n,)`` they came from."""
+        """``(rows, all_scores)``: the top rows and the score array ``(n,)`` they came from.
+
+        Scores: the query's tokens + ``glossary_weight`` x its glossary bridge terms +
+        ``dictionary_weight`` x its CC-CEDICT bridge terms, each set a separate BM25 query."""
         scores = self.index.bm25.weighted_scores(qa.tokens, qa.bridge, self.settings.glossary_weight)
+        if qa.dict_bridge and self.settings.dictionary_weight > 0:
+            scores = scores + np.float32(self.settings.dictionary_weight) * self.index.bm25.scores(qa.dict_bridge)
         return _top_rows(scores, depth, mask), scores
+
+    @property
+    def second_embedder(self):
+        """The second embedder when both it and its vectors in the index are there, else None."""
+        second = getattr(self.embedder, "second", None)
+        return second if second is not None and self.index.vectors2 is not None and second.dim == self.index.vectors2.dim else None
+
+    def second_candidates(
+        self, query: str, depth: int, mask: np.ndarray | None, query_vector2: np.ndarray | None = None
+    ) -> tuple[np.ndarray | None, list[tuple[str, np.ndarray, np.ndarray]]]:
+        """``(query vector, [(lang, rows, cosines)])`` of the second embedder (``(None, [])`` without one)."""
+        if query_vector2 is None:
+            second = self.second_embedder
+            if second is None:
+                return None, []
+            query_vector2 = second.embed_queries([query])[0]
+        if self.index.vectors2 is None:
+            return None, []
+        return query_vector2, self.vector_candidates_by_language(query_vector2, depth, mask, self.index.vectors2)
 
     def query_vector(self, query: str) -> np.ndarray:
         return self.embedder.embed_queries([query])[0]
@@ -89,36 +125,39 @@ class HybridRetriever:
         return self.index.vectors.search(qv, depth, allowed=mask)
 
     def vector_candidates_by_language(
-        self, qv: np.ndarray, depth: int, mask: np.ndarray | None
+        self, qv: np.ndarray, depth: int, mask: np.ndarray | None, vectors=None
     ) -> list[tuple[str, np.ndarray, np.ndarray]]:
         """``[(lang, rows, cosines)]``: the top ``depth`` rows of each language of the index.
 
         One search on a one-language index; on a bilingual one, a search per language, because
         the embedder ranks the query's own language first and the other language's best rows
-        may not be in a global top ``depth`` at all.
+        may not be in a global top ``depth`` at all. ``vectors``: the index's second vectors
+        instead of its first.
         """
+        vi = self.index.vectors if vectors is None else vectors
         if not self._lang_masks:
-            rows, scores = self.index.vectors.search(qv, depth, allowed=mask)
+            rows, scores = vi.search(qv, depth, allowed=mask)
             return [(self.languages[0] if self.languages else "", rows, scores)]
         out = []
         for lang, lmask in self._lang_masks.items():
             if mask is None:
-                rows, scores = self._search_language(lang, qv, depth)
+                rows, scores = self._search_language(lang, qv, depth, vi)
             else:
                 allowed = lmask & mask
                 if not allowed.any():
                     continue
-                rows, scores = self.index.vectors.search(qv, depth, allowed=allowed)
+                rows, scores = vi.search(qv, depth, allowed=allowed)
             if rows.size:
                 out.append((lang, rows, scores))
         return out
 
-    def _search_language(self, lang: str, qv: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``depth`` rows of one language (no other filter), with a cached FAISS selector."""
+    def _search_language(self, lang: str, qv: np.ndarray, depth: int, vi=None) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``depth`` rows of one language (no other filter), with a cached FAISS selector
+        (the parameters depend only on the rows and the index kind, so both vector indexes share them)."""
         import faiss
 
-        vi = self.index.vectors
-        params = self._lang_params.get((lang, depth))
+        vi = self.index.vectors if vi is None else vi
+        params = self._lang_params.get((lang, depth, vi.kind))
         if params is None:
             sel = self._lang_selectors.get(lang)
             if sel is None:
@@ -128,7 +167,7 @@ class HybridRetriever:
                 params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(depth, self.settings.hnsw_ef_search))
             else:
                 params = faiss.SearchParameters(sel=sel)
-            self._lang_params[(lang, depth)] = params
+            self._lang_params[(lang, depth, vi.kind)] = params
         k = int(min(depth, vi.size))
         scores, ids = vi.index.search(np.ascontiguousarray(qv.reshape(1, -1), dtype=np.float32), k, params=params)
         keep = ids[0] >= 0
@@ -141,16 +180,22 @@ class HybridRetriever:
         mode: str = "hybrid",
         mask: np.ndarray | None = None,
         query_vector: np.ndarray | None = None,
+        query_vector2: np.ndarray | None = None,
     ) -> Candidates:
         """Each retriever's candidate list for ``query`` (empty for a retriever the mode does not use)."""
-        if mode not in MODES:
+        if mode not in EVAL_MODES:
             raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
         depth = max(self.settings.candidate_depth, 3 * k)
         qa = self.analyse(query)
         cand = Candidates(qa=qa)
         if mode in ("bm25", "hybrid"):
             cand.bm25_rows, cand.bm25_all = self.bm25_candidates(qa, depth, mask)
-        if mode in ("vector", "hybrid") and getattr(self.settings, "fusion", "calibrated") == "rrf":
+        calibrated = getattr(self.settings, "fusion", "calibrated") != "rrf"
+        if mode == "vector2" or (mode == "hybrid" and calibrated and self.settings.fusion_second_weight > 0):
+            cand.query_vector2, cand.vec_lists2 = self.second_candidates(query, depth, mask, query_vector2)
+            if mode == "vector2":
+                return cand
+        if mode in ("vector", "hybrid") and not calibrated:
             cand.vec_rows, cand.vec_scores = self.vector_candidates(query, depth, mask, query_vector)
         elif mode in ("vector", "hybrid"):
             qv = self.query_vector(query) if query_vector is None else query_vector
@@ -173,6 +218,7 @@ class HybridRetriever:
         filters: Filters | None = None,
         query_vector: np.ndarray | None = None,
         cand: Candidates | None = None,
+        query_vector2: np.ndarray | None = None,
     ) -> list[tuple[int, float]]:
         """All candidate rows ordered by the mode's score, best first: ``[(row, score), ...]``.
 
@@ -182,7 +228,10 @@ class HybridRetriever:
         if self.index.size == 0:
             return []
         if cand is None:
-            cand = self.candidates(query, k, mode, filter_mask(self.index, filters), query_vector)
+            cand = self.candidates(query, k, mode, filter_mask(self.index, filters), query_vector, query_vector2)
+        if mode == "vector2":
+            scored = calibrated_vector(cand.vec_lists2, self.index.chunk_lang, self.settings.fusion_lang_top)
+            return sorted(scored.items(), key=lambda kv: (-kv[1], kv[0]))
         if mode == "bm25":
             return [(int(r), float(cand.bm25_all[r])) for r in cand.bm25_rows]
         if mode == "vector":
@@ -195,8 +244,15 @@ class HybridRetriever:
         def cos_of(rows: np.ndarray) -> np.ndarray:
             return self.index.vectors.reconstruct(rows) @ qv
 
-        fused = fuse(cand, self.index, self.settings, cos_of)
+        fused = fuse(cand, self.index, self.settings, cos_of, self._second_signal(cand))
         return sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))
+
+    def _second_signal(self, cand: Candidates) -> SecondSignal | None:
+        """The second embedder's part of the fusion for these candidates, or None without one."""
+        if cand.query_vector2 is None or not cand.vec_lists2 or self.index.vectors2 is None:
+            return None
+        qv2, vi2 = cand.query_vector2, self.index.vectors2
+        return SecondSignal(cand.vec_lists2, lambda rows: vi2.reconstruct(rows) @ qv2, self.settings.fusion_second_weight)
 
     def search(self, query: str, k: int = 10, mode: str = "hybrid", filters: Filters | None = None) -> list[Hit]:
         if mode not in MODES:
