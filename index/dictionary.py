@@ -16,9 +16,9 @@ Rules (each one measured: eval/RESULTS.md, ``python -m eval.tune --grid dictiona
   leading "to " of verbs, and senses that are not translations (``CL:`` classifiers,
   "surname X", "variant of", "see ...", "abbr. for", "used in ...") are dropped; a gloss of
   more than :data:`MAX_PHRASE_WORDS` words is not a key.
-* **Phrases before words.** English keys are stemmed word sequences
-  (:func:`qiao.index.analysers.match_keys`, stopwords out), matched greedily longest-first from
-  the left, so "stem cell" yields 干细胞 and not 茎 + 细胞; Chinese headwords are matched
+* **Phrases before words.** English keys are stemmed word sequences (stopwords kept inside a
+  phrase, so "make of the way" is not "make way"; leading/trailing ones dropped), matched
+  greedily longest-first from the left, so "stem cell" yields 干细胞 and not 茎 + 细胞; Chinese headwords are matched
   longest-first on the Simplified-folded query (Traditional input works the same).
 * **Sense filtering.** A headword is a target of an English key only if that key is one of its
   first :data:`MAX_SENSE` senses; among the targets of a key, those whose gloss list is shortest
@@ -35,10 +35,11 @@ from __future__ import annotations
 
 import re
 import threading
+import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 
-from qiao.index.analysers import chinese_stopwords, english_stopwords, match_keys, normalize, tokenize
+from qiao.index.analysers import chinese_stopwords, english_stopwords, normalize, tokenize
 
 MAX_PHRASE_WORDS = 4
 """Longest English gloss (words) used as a key; longer glosses are descriptions, not translations."""
@@ -55,7 +56,7 @@ MAX_ZH_CHARS = 8
 
 _CJK_RE = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f]")
 _ALL_CJK_RE = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f]+")
-_WORD_RE = re.compile(r"[^\W_]+")
+_KEY_RE = re.compile(r"(?P<w>[^\W_\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f]+)|[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f]+")
 _PAREN_RE = re.compile(r"\([^)]*\)|\[[^\]]*\]")
 _SKIP_RE = re.compile(
     r"^(cl:|surname |variant of|old variant|see |abbr\.? |also written|used in|erhua variant|taiwan pr\.|"
@@ -93,20 +94,40 @@ class _Compiled:
     zh_lengths: tuple[int, ...]
 
 
-def _gloss_keys(glosses: list[str]) -> list[tuple[str, ...]]:
-    """:func:`qiao.index.analysers.match_keys` of many English glosses at once (same words, same
-    stopwords, same Snowball stems; one batched stemmer call instead of one per gloss)."""
+def _word_keys(texts: list[str]) -> list[list[str]]:
+    """English word keys of each text: lowercased words, Snowball-stemmed like the analyser's
+    tokens, stopwords kept as themselves (unstemmed) so that a phrase never spans a stopword it
+    does not have ("make of the way" is not "make way"); a Chinese run or other non-word
+    becomes a gap ``""``. One batched stemmer call for all texts."""
     from qiao.index.analysers import _APOSTROPHE_RE, _stem_words
 
     stop = english_stopwords()
     words_of: list[list[str]] = []
     flat: list[str] = []
-    for g in glosses:
-        ws = [w for w in _WORD_RE.findall(_APOSTROPHE_RE.sub("", g.lower())) if w not in stop]
+    for t in texts:
+        ws: list[str] = []
+        for m in _KEY_RE.finditer(_APOSTROPHE_RE.sub("", unicodedata.normalize("NFKC", t).lower())):
+            w = m.group("w")
+            ws.append(w if w is not None else "")
+            if w is not None and w not in stop:
+                flat.append(w)
         words_of.append(ws)
-        flat.extend(ws)
     stems = iter(_stem_words(flat))
-    return [tuple(next(stems) for _ in ws) for ws in words_of]
+    return [[w if (not w or w in stop) else next(stems) for w in ws] for ws in words_of]
+
+
+def _phrase_key(words: list[str]) -> tuple[str, ...]:
+    """A gloss's key: its word keys without leading/trailing stopwords ("a study" -> ("studi",));
+    () when it has a gap or nothing but stopwords."""
+    stop = english_stopwords()
+    if "" in words:
+        return ()
+    i, j = 0, len(words)
+    while i < j and words[i] in stop:
+        i += 1
+    while j > i and words[j - 1] in stop:
+        j -= 1
+    return tuple(words[i:j])
 
 
 def _compile() -> _Compiled:
@@ -134,7 +155,7 @@ def _compile() -> _Compiled:
                 phrases.append(s)
             if s.lower() not in en_stop:
                 rows.append((simp, e["traditional"], rank, len(senses), s))
-    keys = _gloss_keys([r[4] for r in rows])
+    keys = [_phrase_key(w) for w in _word_keys([r[4] for r in rows])]
     en: dict[tuple[str, ...], dict[str, Sense]] = {}
     for (simp, trad, rank, n, _g), key in zip(rows, keys):
         if key:
@@ -175,7 +196,7 @@ def translate_en(text: str) -> list[tuple[str, list[str]]]:
     """``[(English key phrase, [Chinese targets, Simplified then Traditional])]`` for ``text``,
     phrases matched before words, in text order."""
     g = _get()
-    keys = match_keys(text)
+    keys = _word_keys([text])[0]
     out, i, n = [], 0, len(keys)
     while i < n:
         for stems, targets in g.en_first.get(keys[i], ()):
