@@ -367,6 +367,7 @@ _RETRIEVAL_KEYS = {
     "hnsw_threshold",
     "second_embedder",
     "fusion_second_weight",
+    "fusion_second_weight_same",
     "dictionary_weight",
 }
 

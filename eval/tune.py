@@ -149,8 +149,13 @@ GRIDS: dict[str, list[dict]] = {
     # 6. issue 11: the second embedder (USE) and the CC-CEDICT dictionary bridge
     "second": [{"fusion_second_weight": 0.0, "dictionary_weight": 0.0},
                *_grid({"dictionary_weight": 0.0}, fusion_second_weight=[0.25, 0.5, 0.75, 1.0, 1.5])],
-    "dictionary": _grid({"fusion_second_weight": 0.0}, dictionary_weight=[0.0, 0.1, 0.2, 0.3, 0.5, 1.0]),
+    "dictionary": _grid({"fusion_second_weight": 0.75}, dictionary_weight=[0.1, 0.2, 0.3, 0.5, 1.0]),
     "bridge": _grid({}, fusion_second_weight=[0.5, 0.75, 1.0], dictionary_weight=[0.1, 0.2, 0.3, 0.5]),
+    "drcd": [{"fusion_second_weight": 0.0, "dictionary_weight": 0.0},
+             *_grid({"dictionary_weight": 0.0}, fusion_second_weight=[0.5, 0.75, 1.0]),
+             *_grid({"fusion_second_weight": 0.75}, dictionary_weight=[0.3, 1.0])],
+    "same": _grid({"fusion_second_weight": 0.75, "dictionary_weight": 0.75}, fusion_second_weight_same=[0.0, 0.25, 0.5]),
+    "same_drcd": _grid({"fusion_second_weight": 0.75, "dictionary_weight": 0.75}, fusion_second_weight_same=[0.0, 0.25]),
     "ablation": [{}, {"fusion_second_weight": 0.0}, {"dictionary_weight": 0.0}, {"glossary_weight": 0.0},
                  {"fusion_second_weight": 0.0, "dictionary_weight": 0.0}],
 }

@@ -175,6 +175,7 @@ def _compile() -> _Compiled:
 
 
 _compiled: _Compiled | None = None
+_warming = False
 _lock = threading.Lock()
 
 
@@ -190,6 +191,17 @@ def _get() -> _Compiled:
 def warm() -> None:
     """Load and compile the dictionary now (~5-10 s once per process) instead of on the first query."""
     _get()
+
+
+def warm_in_background() -> None:
+    """Start compiling the dictionary in a daemon thread (once per process), so a server's first
+    cross-language query does not pay for it; a query arriving earlier waits for the same compile."""
+    global _warming
+    with _lock:
+        if _compiled is not None or _warming:
+            return
+        _warming = True
+    threading.Thread(target=_get, name="qiao-dictionary", daemon=True).start()
 
 
 def translate_en(text: str) -> list[tuple[str, list[str]]]:

@@ -86,7 +86,12 @@ class Settings(BaseSettings):
     )
     fusion_second_weight: float = Field(
         0.5, ge=0.0, le=5.0,
-        description="calibrated fusion: weight of the second embedder's per-language cosine z-score (0: ignore it)",
+        description="calibrated fusion: weight of the second embedder's per-language cosine z-score for passages "
+        "in the other language than the query (0 with fusion_second_weight_same 0: ignore it)",
+    )
+    fusion_second_weight_same: float = Field(
+        0.0, ge=0.0, le=5.0,
+        description="calibrated fusion: the same weight for passages in the query's own language",
     )
     dedup_threshold: float = Field(0.97, description="cosine above which two hits count as near duplicates")
 

@@ -9,6 +9,7 @@ import numpy as np
 from qiao.corpus.lang import detect_lang
 from qiao.index.analysers import tokenize
 from qiao.index.dictionary import bridge_tokens
+from qiao.index.dictionary import warm_in_background as warm_dictionary
 from qiao.index.glossary import expand_query
 from qiao.index.store import LoadedIndex
 from qiao.retriever.filters import filter_mask
@@ -79,6 +80,8 @@ class HybridRetriever:
         # building an ID selector over half of a 100k index costs ~9 ms, searching with it ~0.5 ms
         self._lang_params: dict[tuple[str, int], object] = {}
         self._lang_selectors: dict[str, object] = {}
+        if getattr(settings, "dictionary_weight", 0) > 0:
+            warm_dictionary()
 
     def analyse(self, query: str) -> QueryAnalysis:
         gloss = expand_query(query)
@@ -191,7 +194,8 @@ class HybridRetriever:
         if mode in ("bm25", "hybrid"):
             cand.bm25_rows, cand.bm25_all = self.bm25_candidates(qa, depth, mask)
         calibrated = getattr(self.settings, "fusion", "calibrated") != "rrf"
-        if mode == "vector2" or (mode == "hybrid" and calibrated and self.settings.fusion_second_weight > 0):
+        second_on = max(self.settings.fusion_second_weight, self.settings.fusion_second_weight_same) > 0
+        if mode == "vector2" or (mode == "hybrid" and calibrated and second_on):
             cand.query_vector2, cand.vec_lists2 = self.second_candidates(query, depth, mask, query_vector2)
             if mode == "vector2":
                 return cand
@@ -252,7 +256,10 @@ class HybridRetriever:
         if cand.query_vector2 is None or not cand.vec_lists2 or self.index.vectors2 is None:
             return None
         qv2, vi2 = cand.query_vector2, self.index.vectors2
-        return SecondSignal(cand.vec_lists2, lambda rows: vi2.reconstruct(rows) @ qv2, self.settings.fusion_second_weight)
+        return SecondSignal(
+            cand.vec_lists2, lambda rows: vi2.reconstruct(rows) @ qv2, self.settings.fusion_second_weight,
+            self.settings.fusion_second_weight_same, cand.qa.lang,
+        )
 
     def search(self, query: str, k: int = 10, mode: str = "hybrid", filters: Filters | None = None) -> list[Hit]:
         if mode not in MODES:
