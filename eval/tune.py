@@ -157,7 +157,7 @@ GRIDS: dict[str, list[dict]] = {
     "same": _grid({"fusion_second_weight": 0.75, "dictionary_weight": 0.75}, fusion_second_weight_same=[0.0, 0.25, 0.5]),
     "same_drcd": _grid({"fusion_second_weight": 0.75, "dictionary_weight": 0.75}, fusion_second_weight_same=[0.0, 0.25]),
     "ablation": [{}, {"fusion_second_weight": 0.0}, {"dictionary_weight": 0.0}, {"glossary_weight": 0.0},
-                 {"fusion_second_weight": 0.0, "dictionary_weight": 0.0}],
+                 {"glossary_weight": 0.0, "dictionary_weight": 0.0}, {"fusion_second_weight": 0.0, "dictionary_weight": 0.0}],
 }
 
 

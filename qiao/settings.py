@@ -82,10 +82,10 @@ class Settings(BaseSettings):
     candidate_depth: int = Field(100, ge=1, le=2000, description="candidates taken from each retriever before fusion")
     glossary_weight: float = Field(0.5, ge=0.0, le=5.0, description="weight of cross-lingual glossary terms in BM25 queries")
     dictionary_weight: float = Field(
-        0.3, ge=0.0, le=5.0, description="weight of CC-CEDICT bridge terms in BM25 queries (index/dictionary.py; 0: off)"
+        0.75, ge=0.0, le=5.0, description="weight of CC-CEDICT bridge terms in BM25 queries (index/dictionary.py; 0: off)"
     )
     fusion_second_weight: float = Field(
-        0.5, ge=0.0, le=5.0,
+        0.75, ge=0.0, le=5.0,
         description="calibrated fusion: weight of the second embedder's per-language cosine z-score for passages "
         "in the other language than the query (0 with fusion_second_weight_same 0: ignore it)",
     )
