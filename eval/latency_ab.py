@@ -42,9 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     cpu: dict[str, list[float]] = {"before": [], "after": []}
     for t in texts:
         for name, retr in (("before", old), ("after", new)):
-            emb._queries.pop(t, None)  # noqa: SLF001 - a cold query, as /search sees it
+            emb.forget_queries([t])  # a cold query, as /search sees it
             if emb.second is not None:
-                emb.second._queries.pop(t, None)  # noqa: SLF001
+                emb.second.forget_queries([t])
             c0, t0 = time.process_time(), time.perf_counter()
             retr.search(t, k=10)
             times[name].append((time.perf_counter() - t0) * 1000)

@@ -19,7 +19,6 @@ into several chunks is represented by its best chunk (max), the usual MaxP conve
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import time
@@ -35,15 +34,12 @@ from qiao.corpus.models import Document
 from qiao.eval.beir import BeirDataset
 from qiao.eval.metrics import METRICS, per_query
 from qiao.index.embedders import CachedEmbedder, make_embedder, text_key
-from qiao.index.store import LoadedIndex, build_index, current_build, load_index
-from qiao.retriever.hybrid import EVAL_MODES, HybridRetriever
+from qiao.index.store import LoadedIndex, build_index, current_build, index_fingerprint, load_index
+from qiao.retriever.hybrid import HybridRetriever
+from qiao.retriever.models import EVAL_MODES
 
 RUN_DEPTH = 100
 """Documents kept per query (Recall@100 needs 100)."""
-
-# Code whose change changes the chunks or tokens of an eval index (part of its fingerprint),
-# so an eval never silently reuses an index built by older chunking / analysis rules.
-_INDEX_CODE = ("corpus/chunking.py", "corpus/cleaning.py", "corpus/lang.py", "corpus/gazetteer.py", "index/store.py")
 
 
 # ----------------------------------------------------------------------------- documents
@@ -70,27 +66,9 @@ def beir_documents(dataset: BeirDataset) -> list[Document]:
     return docs
 
 
-def index_fingerprint(dataset: BeirDataset, settings, model_id: str) -> str:
-    """Hash of everything that shapes the eval index: corpus bytes, index settings, embedder,
-    analyser fingerprint and the chunking code."""
-    from qiao.index.analysers import analyser_fingerprint
-    from qiao.settings import PROJECT_ROOT
-
-    h = hashlib.sha256()
-    h.update(dataset.corpus_sha256.encode())
-    h.update(json.dumps(settings.index_affecting(), sort_keys=True).encode())
-    h.update(model_id.encode())
-    h.update(analyser_fingerprint().encode())
-    for rel in _INDEX_CODE:
-        p = PROJECT_ROOT / rel
-        if p.is_file():
-            h.update(p.read_bytes())
-    return h.hexdigest()[:12]
-
-
 def eval_index_dir(dataset: BeirDataset, settings, model_id: str) -> Path:
     """``<data_dir>/eval/<dataset name>-<fingerprint>``: separate from the production index."""
-    return Path(settings.data_dir) / "eval" / f"{dataset.name}-{index_fingerprint(dataset, settings, model_id)}"
+    return Path(settings.data_dir) / "eval" / f"{dataset.name}-{index_fingerprint(settings, model_id, dataset.corpus_sha256)[:12]}"
 
 
 def ensure_index(
@@ -222,15 +200,15 @@ def run_mode(
     ``run_k``: each query's ranking from a request for ``k`` hits (candidate depth as the API
     uses it for k=10), scored by the @10 metrics; ``run_deep``: from a request for ``depth_docs``
     hits, scored by Recall@100 (the same run when ``candidate_depth`` already covers it).
-    Latency is timed on the ``k`` request. ``query_vectors2``: the second embedder's query
-    vectors (None: the retriever embeds them itself when it uses them).
+    Latency is timed on the ``k`` request.
     """
     run_k: dict[str, list[str]] = {}
     run_deep: dict[str, list[str]] = {}
     times: list[float] = []
     index = retriever.index
-    same = max(retriever.settings.candidate_depth, 3 * k) >= max(retriever.settings.candidate_depth, 3 * depth_docs)
-    qv2s = query_vectors2 if query_vectors2 is not None else [None] * len(query_ids)
+    same = retriever.depth(k) >= retriever.depth(depth_docs)
+    # the second embedder's query vectors (None: the retriever embeds them itself when it uses them)
+    qv2s = list(query_vectors2) if query_vectors2 is not None else [None] * len(query_ids)
     for qid, text, qv, qv2 in tqdm(
         list(zip(query_ids, query_texts, query_vectors, qv2s)), desc=f"{mode:>6}", unit="query", disable=not progress, leave=False
     ):
@@ -264,7 +242,10 @@ def e2e_latency(retriever: HybridRetriever, texts: Sequence[str], mode: str, k: 
     inner = getattr(retriever.embedder, "inner", None)
     for t in texts:
         if inner is not None:
-            retriever.embedder._queries.pop(t, None)  # noqa: SLF001 - measure a cold query
+            retriever.embedder.forget_queries([t])  # measure a cold query
+            second = getattr(retriever.embedder, "second", None)
+            if second is not None:
+                second.forget_queries([t])
         t0 = time.perf_counter()
         retriever.search(t, k=k, mode=mode)
         times.append((time.perf_counter() - t0) * 1000)
@@ -306,13 +287,13 @@ def evaluate(
     embedder = embedder or make_embedder(settings, settings.cache_dir)
     index, built = ensure_index(dataset, settings, embedder, rebuild=rebuild, progress=progress, log=log)
     retriever = HybridRetriever(index, embedder, settings)
+    second = retriever.second_embedder
     if modes is None:
-        modes = ["bm25", "vector", *(["vector2"] if retriever.second_embedder is not None else []), "hybrid"]
+        modes = ["bm25", "vector", *(["vector2"] if second is not None else []), "hybrid"]
 
     qids = sample_queries(dataset, sample)
     texts = [dataset.queries[q] for q in qids]
     qvecs = embed_queries(embedder, texts, settings.embed_batch_size, progress=progress)
-    second = retriever.second_embedder
     qvecs2 = embed_queries(second, texts, settings.embed_batch_size, progress=progress) if second is not None else None
     qrels = {q: dataset.qrels[q] for q in qids}
     e2e_texts = [dataset.queries[q] for q in sample_queries(dataset, e2e_sample, seed=7)] if e2e_sample else []

@@ -1,4 +1,5 @@
-"""Hybrid retrieval: BM25 (with the cross-lingual glossary bridge) + dense vectors, fused."""
+"""Hybrid retrieval: BM25 (with the cross-lingual glossary and dictionary bridges) + dense vectors
+(the first embedder and, when the index has its vectors, the second one), fused."""
 
 from __future__ import annotations
 
@@ -11,10 +12,13 @@ from qiao.index.analysers import tokenize
 from qiao.index.dictionary import bridge_tokens
 from qiao.index.dictionary import warm_in_background as warm_dictionary
 from qiao.index.glossary import expand_query
-from qiao.index.store import LoadedIndex
+from qiao.config import RetrievalConfig
+from qiao.index.backend import SearchBackend
+from qiao.index.embedders import Embedder
 from qiao.retriever.filters import filter_mask
 from qiao.retriever.fusion import SecondSignal, calibrated_vector, fuse
-from qiao.retriever.models import MODES, Filters, Hit
+from qiao.retriever.models import EVAL_MODES, MODES, Filters, Hit
+from qiao.settings import Settings
 
 
 def _top_rows(scores: np.ndarray, depth: int, mask: np.ndarray | None) -> np.ndarray:
@@ -57,35 +61,24 @@ class Candidates:
     query_vector2: np.ndarray | None = None
 
 
-EVAL_MODES = (*MODES, "vector2")
-"""Modes :meth:`HybridRetriever.rank` takes: the public ones plus ``vector2``, the second embedder
-alone (calibrated per language), which `qiao eval` reports as its own signal."""
-
-
 class HybridRetriever:
-    """``search(query, k, mode, filters) -> list[Hit]`` over one :class:`LoadedIndex`.
+    """``search(query, k, mode, filters) -> list[Hit]`` over one :class:`SearchBackend`.
 
     Stateless apart from the index and the embedder, so one instance serves concurrent requests.
     """
 
-    def __init__(self, index: LoadedIndex, embedder, settings):
+    def __init__(self, index: SearchBackend, embedder: Embedder, config: RetrievalConfig | Settings):
+        """``config``: the retrieval slice of the settings (a whole ``Settings`` is sliced here)."""
         self.index = index
         self.embedder = embedder
-        self.settings = settings
-        # languages of the index, and a row mask per language when there is more than one
-        langs = np.unique(index.chunk_lang) if index.size else []
-        self.languages: list[str] = [str(l) for l in langs]
-        self._lang_masks = {str(l): index.chunk_lang == l for l in langs} if len(langs) > 1 else {}
-        # FAISS search parameters restricting a search to one language, built once per (language, k):
-        # building an ID selector over half of a 100k index costs ~9 ms, searching with it ~0.5 ms
-        self._lang_params: dict[tuple[str, int], object] = {}
-        self._lang_selectors: dict[str, object] = {}
-        if getattr(settings, "dictionary_weight", 0) > 0:
+        self.config = config if isinstance(config, RetrievalConfig) else RetrievalConfig.of(config)
+        self.languages: list[str] = index.languages
+        if self.config.dictionary_weight > 0:
             warm_dictionary()
 
     def analyse(self, query: str) -> QueryAnalysis:
         gloss = expand_query(query)
-        dict_terms = bridge_tokens(query, exclude=set(gloss)) if self.settings.dictionary_weight > 0 else []
+        dict_terms = bridge_tokens(query, exclude=set(gloss)) if self.config.dictionary_weight > 0 else []
         return QueryAnalysis(query, detect_lang(query), tokenize(query), gloss, dict_terms)
 
     def bm25_candidates(self, qa: QueryAnalysis, depth: int, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -93,29 +86,50 @@ class HybridRetriever:
 
         Scores: the query's tokens + ``glossary_weight`` x its glossary bridge terms +
         ``dictionary_weight`` x its CC-CEDICT bridge terms, each set a separate BM25 query."""
-        scores = self.index.bm25.weighted_scores(qa.tokens, qa.bridge, self.settings.glossary_weight)
-        if qa.dict_bridge and self.settings.dictionary_weight > 0:
-            scores = scores + np.float32(self.settings.dictionary_weight) * self.index.bm25.scores(qa.dict_bridge)
+        scores = self.index.lexical_scores(qa.tokens, qa.bridge, self.config.glossary_weight)
+        if qa.dict_bridge and self.config.dictionary_weight > 0:
+            scores = scores + np.float32(self.config.dictionary_weight) * self.index.lexical_scores(qa.dict_bridge)
         return _top_rows(scores, depth, mask), scores
 
+    # --- the second embedder (index/use_embedder.py) ------------------------------------------
     @property
-    def second_embedder(self):
+    def second_embedder(self) -> Embedder | None:
         """The second embedder when both it and its vectors in the index are there, else None."""
         second = getattr(self.embedder, "second", None)
-        return second if second is not None and self.index.vectors2 is not None and second.dim == self.index.vectors2.dim else None
+        dim = getattr(self.index, "second_dim", None)
+        return second if second is not None and dim is not None and second.dim == dim else None
 
     def second_candidates(
         self, query: str, depth: int, mask: np.ndarray | None, query_vector2: np.ndarray | None = None
     ) -> tuple[np.ndarray | None, list[tuple[str, np.ndarray, np.ndarray]]]:
         """``(query vector, [(lang, rows, cosines)])`` of the second embedder (``(None, [])`` without one)."""
+        if getattr(self.index, "second_dim", None) is None:
+            return None, []
         if query_vector2 is None:
             second = self.second_embedder
             if second is None:
                 return None, []
             query_vector2 = second.embed_queries([query])[0]
-        if self.index.vectors2 is None:
-            return None, []
-        return query_vector2, self.vector_candidates_by_language(query_vector2, depth, mask, self.index.vectors2)
+        search = self.index.second_dense_search  # type: ignore[attr-defined]  # LoadedIndex extra
+        if len(self.languages) <= 1:
+            rows, scores = search(query_vector2, depth, allowed=mask)
+            return query_vector2, [(self.languages[0] if self.languages else "", rows, scores)]
+        out = []
+        for lang in self.languages:
+            if mask is not None and not (mask & (self.index.chunk_lang == lang)).any():
+                continue
+            rows, scores = search(query_vector2, depth, lang=lang, allowed=mask)
+            if rows.size:
+                out.append((lang, rows, scores))
+        return query_vector2, out
+
+    def _second_signal(self, cand: Candidates) -> SecondSignal | None:
+        """The second embedder's part of the fusion for these candidates, or None without one."""
+        if cand.query_vector2 is None or not cand.vec_lists2:
+            return None
+        qv2, vectors2 = cand.query_vector2, self.index.second_vectors  # type: ignore[attr-defined]
+        f = self.config.fusion
+        return SecondSignal(cand.vec_lists2, lambda rows: vectors2(rows) @ qv2, f.second_weight, f.second_weight_same, cand.qa.lang)
 
     def query_vector(self, query: str) -> np.ndarray:
         return self.embedder.embed_queries([query])[0]
@@ -125,56 +139,32 @@ class HybridRetriever:
     ) -> tuple[np.ndarray, np.ndarray]:
         """``(rows, scores)`` best first, cosine similarities. ``query_vector``: skip embedding (batch eval)."""
         qv = self.query_vector(query) if query_vector is None else query_vector
-        return self.index.vectors.search(qv, depth, allowed=mask)
+        return self.index.dense_search(qv, depth, allowed=mask)
 
     def vector_candidates_by_language(
-        self, qv: np.ndarray, depth: int, mask: np.ndarray | None, vectors=None
+        self, qv: np.ndarray, depth: int, mask: np.ndarray | None
     ) -> list[tuple[str, np.ndarray, np.ndarray]]:
         """``[(lang, rows, cosines)]``: the top ``depth`` rows of each language of the index.
 
         One search on a one-language index; on a bilingual one, a search per language, because
         the embedder ranks the query's own language first and the other language's best rows
-        may not be in a global top ``depth`` at all. ``vectors``: the index's second vectors
-        instead of its first.
+        may not be in a global top ``depth`` at all.
         """
-        vi = self.index.vectors if vectors is None else vectors
-        if not self._lang_masks:
-            rows, scores = vi.search(qv, depth, allowed=mask)
+        if len(self.languages) <= 1:
+            rows, scores = self.index.dense_search(qv, depth, allowed=mask)
             return [(self.languages[0] if self.languages else "", rows, scores)]
         out = []
-        for lang, lmask in self._lang_masks.items():
-            if mask is None:
-                rows, scores = self._search_language(lang, qv, depth, vi)
-            else:
-                allowed = lmask & mask
-                if not allowed.any():
-                    continue
-                rows, scores = vi.search(qv, depth, allowed=allowed)
+        for lang in self.languages:
+            if mask is not None and not (mask & (self.index.chunk_lang == lang)).any():
+                continue
+            rows, scores = self.index.dense_search(qv, depth, lang=lang, allowed=mask)
             if rows.size:
                 out.append((lang, rows, scores))
         return out
 
-    def _search_language(self, lang: str, qv: np.ndarray, depth: int, vi=None) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``depth`` rows of one language (no other filter), with a cached FAISS selector
-        (the parameters depend only on the rows and the index kind, so both vector indexes share them)."""
-        import faiss
-
-        vi = self.index.vectors if vi is None else vi
-        params = self._lang_params.get((lang, depth, vi.kind))
-        if params is None:
-            sel = self._lang_selectors.get(lang)
-            if sel is None:
-                sel = faiss.IDSelectorBatch(np.flatnonzero(self._lang_masks[lang]).astype(np.int64))
-                self._lang_selectors[lang] = sel  # params keep only a pointer: hold the selector here
-            if vi.kind == "hnsw":
-                params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(depth, self.settings.hnsw_ef_search))
-            else:
-                params = faiss.SearchParameters(sel=sel)
-            self._lang_params[(lang, depth, vi.kind)] = params
-        k = int(min(depth, vi.size))
-        scores, ids = vi.index.search(np.ascontiguousarray(qv.reshape(1, -1), dtype=np.float32), k, params=params)
-        keep = ids[0] >= 0
-        return ids[0][keep].astype(np.int64), scores[0][keep]
+    def depth(self, k: int) -> int:
+        """Candidates taken from each retriever for a request of ``k`` hits."""
+        return max(self.config.candidate_depth, 3 * k)
 
     def candidates(
         self,
@@ -185,21 +175,21 @@ class HybridRetriever:
         query_vector: np.ndarray | None = None,
         query_vector2: np.ndarray | None = None,
     ) -> Candidates:
-        """Each retriever's candidate list for ``query`` (empty for a retriever the mode does not use)."""
+        """Each retriever's candidate list for ``query`` (empty for a retriever the mode does not use).
+
+        ``mode`` may also be ``vector2`` (the second embedder alone; eval only)."""
         if mode not in EVAL_MODES:
             raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
-        depth = max(self.settings.candidate_depth, 3 * k)
+        depth = self.depth(k)
         qa = self.analyse(query)
         cand = Candidates(qa=qa)
-        if mode in ("bm25", "hybrid"):
-            cand.bm25_rows, cand.bm25_all = self.bm25_candidates(qa, depth, mask)
-        calibrated = getattr(self.settings, "fusion", "calibrated") != "rrf"
-        second_on = max(self.settings.fusion_second_weight, self.settings.fusion_second_weight_same) > 0
-        if mode == "vector2" or (mode == "hybrid" and calibrated and second_on):
+        if mode == "vector2" or (mode == "hybrid" and self.config.fusion.second_on):
             cand.query_vector2, cand.vec_lists2 = self.second_candidates(query, depth, mask, query_vector2)
             if mode == "vector2":
                 return cand
-        if mode in ("vector", "hybrid") and not calibrated:
+        if mode in ("bm25", "hybrid"):
+            cand.bm25_rows, cand.bm25_all = self.bm25_candidates(qa, depth, mask)
+        if mode in ("vector", "hybrid") and self.config.fusion.method == "rrf":
             cand.vec_rows, cand.vec_scores = self.vector_candidates(query, depth, mask, query_vector)
         elif mode in ("vector", "hybrid"):
             qv = self.query_vector(query) if query_vector is None else query_vector
@@ -234,32 +224,24 @@ class HybridRetriever:
         if cand is None:
             cand = self.candidates(query, k, mode, filter_mask(self.index, filters), query_vector, query_vector2)
         if mode == "vector2":
-            scored = calibrated_vector(cand.vec_lists2, self.index.chunk_lang, self.settings.fusion_lang_top)
+            scored = calibrated_vector(cand.vec_lists2, self.index.chunk_lang, self.config.fusion.lang_top)
             return sorted(scored.items(), key=lambda kv: (-kv[1], kv[0]))
         if mode == "bm25":
-            return [(int(r), float(cand.bm25_all[r])) for r in cand.bm25_rows]
+            bm25_all = cand.bm25_all
+            assert bm25_all is not None  # bm25 mode always scores
+            return [(int(r), float(bm25_all[r])) for r in cand.bm25_rows]
         if mode == "vector":
             if not cand.vec_lists:  # rrf setting: the raw cosine ranking
                 return [(int(r), float(v)) for r, v in zip(cand.vec_rows, cand.vec_scores)]
-            scored = calibrated_vector(cand.vec_lists, self.index.chunk_lang, self.settings.fusion_lang_top)
+            scored = calibrated_vector(cand.vec_lists, self.index.chunk_lang, self.config.fusion.lang_top)
             return sorted(scored.items(), key=lambda kv: (-kv[1], kv[0]))
         qv = cand.query_vector
 
         def cos_of(rows: np.ndarray) -> np.ndarray:
-            return self.index.vectors.reconstruct(rows) @ qv
+            return self.index.vectors(rows) @ qv
 
-        fused = fuse(cand, self.index, self.settings, cos_of, self._second_signal(cand))
+        fused = fuse(cand, self.index, self.config.fusion, cos_of, self._second_signal(cand))
         return sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))
-
-    def _second_signal(self, cand: Candidates) -> SecondSignal | None:
-        """The second embedder's part of the fusion for these candidates, or None without one."""
-        if cand.query_vector2 is None or not cand.vec_lists2 or self.index.vectors2 is None:
-            return None
-        qv2, vi2 = cand.query_vector2, self.index.vectors2
-        return SecondSignal(
-            cand.vec_lists2, lambda rows: vi2.reconstruct(rows) @ qv2, self.settings.fusion_second_weight,
-            self.settings.fusion_second_weight_same, cand.qa.lang,
-        )
 
     def search(self, query: str, k: int = 10, mode: str = "hybrid", filters: Filters | None = None) -> list[Hit]:
         if mode not in MODES:
@@ -307,8 +289,8 @@ class HybridRetriever:
                 overlap = min(o.end, c.end) - max(o.start, c.start)
                 if overlap > 0 and overlap >= 0.5 * min(o.end - o.start, c.end - c.start):
                     return True
-        v = self.index.vectors.reconstruct(np.array([row]))[0]
-        if kept_vecs and float((np.stack(kept_vecs) @ v).max()) >= self.settings.dedup_threshold:
+        v = self.index.vectors(np.array([row]))[0]
+        if kept_vecs and float((np.stack(kept_vecs) @ v).max()) >= self.config.dedup_threshold:
             return True
         kept_vecs.append(v)  # kept_vecs[i] is the vector of hits[i]
         return False

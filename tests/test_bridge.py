@@ -90,7 +90,7 @@ def test_second_vectors_are_stored_incremental_and_cached(tmp_path, shared_cache
 
     r1 = build_index(_docs(2), primary, root, settings, progress=False)
     idx = load_index(root, expect_model_id=primary.model_id, expect_dim=primary.dim)
-    assert idx.vectors2 is not None and idx.vectors2.size == idx.size == r1.chunks and idx.vectors2.dim == 512
+    assert idx.second_index is not None and idx.second_index.size == idx.size == r1.chunks and idx.second_index.dim == 512
     assert idx.manifest["second_embedder"]["model_id"] == primary.second.model_id
     assert (idx.path / SECOND_VECTORS).is_file() and SECOND_VECTORS in idx.manifest["files"]
     assert primary.second.last_embedded == r1.chunks
@@ -100,7 +100,7 @@ def test_second_vectors_are_stored_incremental_and_cached(tmp_path, shared_cache
     assert primary.second.last_embedded == r2.chunks - r1.chunks > 0
     idx2 = load_index(root)
     # rows of the first build keep their vectors (read back from the cache, not recomputed)
-    assert np.allclose(idx2.vectors2.reconstruct(np.arange(r1.chunks)), idx.vectors2.reconstruct(np.arange(r1.chunks)))
+    assert np.allclose(idx2.second_index.reconstruct(np.arange(r1.chunks)), idx.second_index.reconstruct(np.arange(r1.chunks)))
 
     # cache hit: the same corpus again embeds nothing, and the cache holds the second model's keys
     build_index(_docs(4), primary, root, settings, progress=False)
@@ -119,7 +119,7 @@ def test_no_second_embedder_builds_without_it(fresh_service):
     assert service.embedder.second is None
     service.build(_docs(2), progress=False)
     idx = service.snapshot.index if service.snapshot else service.load().index
-    assert idx.vectors2 is None and idx.manifest["second_embedder"] is None
+    assert idx.second_index is None and idx.manifest["second_embedder"] is None
     hits = HybridRetriever(idx, service.embedder, service.settings).search("bamboo panda", k=2)
     assert hits and hits[0].chunk.doc_id == "d0"
 
