@@ -213,7 +213,7 @@ def translate_en(text: str) -> list[tuple[str, list[str]]]:
     while i < n:
         for stems, targets in g.en_first.get(keys[i], ()):
             if tuple(keys[i : i + len(stems)]) == stems:
-                zh = []
+                zh: list[str] = []
                 for t in targets:
                     zh.extend(dict.fromkeys((t.zh, t.zh_trad)))
                 out.append((" ".join(stems), zh))

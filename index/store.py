@@ -234,7 +234,8 @@ def build_index(
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "embedder": {"backend": settings.embedder, "model_id": embedder.model_id, "dim": int(embedder.dim)},
             "second_embedder": (
-                {"model_id": second.model_id, "dim": int(second.dim), "file": SECOND_VECTORS} if vectors2 is not None else None
+                {"model_id": second.model_id, "dim": int(second.dim), "file": SECOND_VECTORS}
+                if second is not None and vectors2 is not None else None
             ),
             "documents": len(documents),
             "chunks": len(chunks),
