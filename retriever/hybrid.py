@@ -86,9 +86,20 @@ class HybridRetriever:
 
         Scores: the query's tokens + ``glossary_weight`` x its glossary bridge terms +
         ``dictionary_weight`` x its CC-CEDICT bridge terms, each set a separate BM25 query."""
+        dw = self.config.dictionary_weight
+        if hasattr(self.index, "lexical_search"):  # a remote backend (Milvus): top rows only, see below
+            rows, top = self.index.lexical_search(qa.tokens, qa.bridge, self.config.glossary_weight, depth, mask)
+            scores = np.zeros(self.index.size, np.float32)
+            scores[rows] = top
+            if qa.dict_bridge and dw > 0:
+                rows2, top2 = self.index.lexical_search(qa.dict_bridge, (), 0.0, depth, mask)
+                scores[rows2] += np.float32(dw) * np.asarray(top2, np.float32)
+                return _top_rows(scores, depth, mask), scores
+            return rows, scores
         scores = self.index.lexical_scores(qa.tokens, qa.bridge, self.config.glossary_weight)
         if qa.dict_bridge and self.config.dictionary_weight > 0:
-            scores = scores + np.float32(self.config.dictionary_weight) * self.index.lexical_scores(qa.dict_bridge)
+            extra = self.index.lexical_scores(qa.dict_bridge)
+            scores = (scores + np.float32(dw) * extra).astype(np.float32)
         return _top_rows(scores, depth, mask), scores
 
     # --- the second embedder (index/use_embedder.py) ------------------------------------------
@@ -202,6 +213,12 @@ class HybridRetriever:
                 scores = np.concatenate([s for _l, _r, s in cand.vec_lists])
                 order = np.lexsort((rows, -scores))
                 cand.vec_rows, cand.vec_scores = rows[order], scores[order]
+        if mode == "hybrid" and cand.bm25_all is not None and hasattr(self.index, "lexical_scores_of"):
+            # a backend that returned only its top BM25 rows: the exact BM25 of the vector-only
+            # candidates too, so fusion sees the same scores as with the full array
+            extra = np.setdiff1d(cand.vec_rows, cand.bm25_rows)
+            if extra.size:
+                cand.bm25_all[extra] = self.index.lexical_scores_of(extra, qa.tokens, qa.bridge, self.config.glossary_weight)
         return cand
 
     def rank(
