@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     st_query_prefix: str = "query: "
     st_passage_prefix: str = "passage: "
     embed_batch_size: int = 32
+    second_embedder: Literal["use", "none"] = Field(
+        "use",
+        description="second, language-neutral embedder stored beside the first and fused with it "
+        "(use: multilingual Universal Sentence Encoder v3, index/use_embedder.py; none: off)",
+    )
 
     # --- chunking (these change the index, so they are in the manifest) ------
     chunk_size: int = Field(350, ge=50, le=5000, description="prose window size in characters (tuned: eval/RESULTS.md)")
@@ -105,6 +110,18 @@ class Settings(BaseSettings):
     weight_vector: float = 1.0
     candidate_depth: int = Field(100, ge=1, le=2000, description="candidates taken from each retriever before fusion")
     glossary_weight: float = Field(0.5, ge=0.0, le=5.0, description="weight of cross-lingual glossary terms in BM25 queries")
+    dictionary_weight: float = Field(
+        0.75, ge=0.0, le=5.0, description="weight of CC-CEDICT bridge terms in BM25 queries (index/dictionary.py; 0: off)"
+    )
+    fusion_second_weight: float = Field(
+        0.75, ge=0.0, le=5.0,
+        description="calibrated fusion: weight of the second embedder's per-language cosine z-score for passages "
+        "in the other language than the query (0 with fusion_second_weight_same 0: ignore it)",
+    )
+    fusion_second_weight_same: float = Field(
+        0.0, ge=0.0, le=5.0,
+        description="calibrated fusion: the same weight for passages in the query's own language",
+    )
     dedup_threshold: float = Field(0.97, description="cosine above which two hits count as near duplicates")
 
     # --- question answering ----------------------------------------------------
@@ -180,6 +197,7 @@ class Settings(BaseSettings):
             "chunk_size": self.chunk_size,
             "chunk_overlap": self.chunk_overlap,
             "hnsw_threshold": self.hnsw_threshold,
+            "second_embedder": self.second_embedder,
             # only when not the default, so existing FAISS indexes stay current
             **({"backend": self.backend} if self.backend != "faiss" else {}),
         }
