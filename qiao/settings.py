@@ -9,10 +9,10 @@ from __future__ import annotations
 import importlib.util
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 def _project_root() -> Path:
     """The folder that holds ``corpus/``: the repository in a checkout, ``site-packages/qiao`` in a wheel."""
@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     embed_workers: int = Field(
         0, ge=0, le=64, description="torch runtime: worker processes for large batches (0 = one per CPU core, 1 = in-process threads)"
     )
+    second_embedder: Literal["use", "none"] = Field(
+        "use",
+        description="second, language-neutral embedder stored beside the first and fused with it "
+        "(use: multilingual Universal Sentence Encoder v3, index/use_embedder.py; none: off)",
+    )
 
     # --- chunking (these change the index, so they are in the manifest) ------
     chunk_size: int = Field(350, ge=50, le=5000, description="prose window size in characters (tuned: eval/RESULTS.md)")
@@ -69,6 +74,28 @@ class Settings(BaseSettings):
     hnsw_threshold: int = Field(50_000, description="use HNSW instead of a flat index above this many chunks")
     hnsw_m: int = 32
     hnsw_ef_search: int = 128
+
+    # --- search backend (index/milvus_backend.py) and distributed ingest (index/ray_ingest.py) ---
+    backend: Literal["faiss", "milvus"] = Field(
+        "faiss", description="faiss: FAISS + bm25s in this process; milvus: a Milvus collection (milvus-lite file or server)"
+    )
+    milvus_uri: str | None = Field(
+        None,
+        description="a file path -> embedded milvus-lite (default: <data_dir>/milvus.db); http(s)://host:19530 -> a Milvus server or cluster",
+    )
+    milvus_token: str | None = Field(None, description="Milvus credentials: 'user:password' or an API key")
+    milvus_collection_prefix: str = Field(
+        "qiao", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,100}$", description="collection names are <prefix>_<fingerprint of the index settings>"
+    )
+    milvus_timeout: float = Field(10.0, gt=0, description="seconds to wait for a Milvus server before saying it is unreachable")
+    milvus_avgdl_tolerance: float = Field(
+        0.02, ge=0.0, le=1.0,
+        description="incremental updates keep the stored BM25 length normalisation until the mean chunk length drifts by more than this share",
+    )
+    ray_address: str | None = Field(
+        None, description="set to embed through Ray: 'local' starts a local cluster, anything else is a cluster address (ray://host:10001, auto)"
+    )
+    ray_workers: int = Field(0, ge=0, le=1024, description="embedding actors for Ray ingest (0: one per CPU of the cluster)")
 
     # --- retrieval -----------------------------------------------------------
     fusion: Literal["calibrated", "rrf"] = Field(
@@ -96,6 +123,18 @@ class Settings(BaseSettings):
     weight_vector: float = 1.0
     candidate_depth: int = Field(100, ge=1, le=2000, description="candidates taken from each retriever before fusion")
     glossary_weight: float = Field(0.5, ge=0.0, le=5.0, description="weight of cross-lingual glossary terms in BM25 queries")
+    dictionary_weight: float = Field(
+        0.75, ge=0.0, le=5.0, description="weight of CC-CEDICT bridge terms in BM25 queries (index/dictionary.py; 0: off)"
+    )
+    fusion_second_weight: float = Field(
+        0.75, ge=0.0, le=5.0,
+        description="calibrated fusion: weight of the second embedder's per-language cosine z-score for passages "
+        "in the other language than the query (0 with fusion_second_weight_same 0: ignore it)",
+    )
+    fusion_second_weight_same: float = Field(
+        0.0, ge=0.0, le=5.0,
+        description="calibrated fusion: the same weight for passages in the query's own language",
+    )
     dedup_threshold: float = Field(0.97, description="cosine above which two hits count as near duplicates")
 
     # --- question answering ----------------------------------------------------
@@ -109,8 +148,23 @@ class Settings(BaseSettings):
     # --- API -----------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = 8000
-    max_query_chars: int = 2000
+    max_query_chars: int = Field(
+        2000, ge=1, le=100_000, description="longest /search query, /ask question or resolved chat question (characters); 422 above"
+    )
+    max_chat_chars: int = Field(
+        20_000, ge=1, description="characters over all messages of one /v1/chat/completions request (system prompts and history included); 413 above"
+    )
+    max_chat_messages: int = Field(200, ge=1, description="messages in one /v1/chat/completions request; 413 above")
+    max_body_bytes: int = Field(
+        1024 * 1024, ge=1024, description="request body limit of every route but uploads (JSON: /search, /ask, chat); 413 above"
+    )
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="other web origins (e.g. http://localhost:3000) allowed to send POST/PUT/PATCH/DELETE; "
+        "comma-separated in QIAO_ALLOWED_ORIGINS. The server's own origin is always allowed, any other is refused (403)",
+    )
     api_key: str | None = None
+    api_docs: bool = Field(False, description="serve /docs and /redoc (their scripts come from a CDN); /openapi.json is always served")
     max_upload_bytes: int = 20 * 1024 * 1024
     http_write_wait: float = Field(
         30.0, gt=0, description="seconds an HTTP write (upload, delete, reindex) waits for another writer before a 503 busy"
@@ -122,6 +176,22 @@ class Settings(BaseSettings):
     llm_model: str | None = None
     llm_api_key: str | None = None
     llm_timeout: float = Field(60.0, gt=0, description="seconds to wait for the chat model before falling back to the extractive answer")
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _origins(cls, v):
+        """``http://a:3000, https://b`` -> ["http://a:3000", "https://b"] (lower-case, no trailing slash)."""
+        if isinstance(v, str):
+            v = v.split(",")
+        out = []
+        for o in v or ():
+            o = str(o).strip().rstrip("/").lower()
+            if not o:
+                continue
+            if not o.startswith(("http://", "https://")) or "/" in o.split("://", 1)[1]:
+                raise ValueError(f"{o!r} is not an origin: give scheme://host[:port], e.g. http://localhost:3000")
+            out.append(o)
+        return out
 
     @property
     def index_dir(self) -> Path:
@@ -140,7 +210,15 @@ class Settings(BaseSettings):
             "chunk_size": self.chunk_size,
             "chunk_overlap": self.chunk_overlap,
             "hnsw_threshold": self.hnsw_threshold,
+            "second_embedder": self.second_embedder,
+            # only when not the default, so existing FAISS indexes stay current
+            **({"backend": self.backend} if self.backend != "faiss" else {}),
         }
+
+    @property
+    def milvus_target(self) -> str:
+        """The Milvus URI in use: QIAO_MILVUS_URI, or a milvus-lite file in the data directory."""
+        return self.milvus_uri or str(self.data_dir / "milvus.db")
 
 
 @lru_cache(maxsize=1)
