@@ -24,10 +24,11 @@ from qiao.service.core import (
     LastDocumentError,
     QiaoService,
     UnknownDocumentError,
+    UpdateCancelled,
     UpdateError,
     UpdateReport,
 )
-from qiao.corpus.extract import SUPPORTED_SUFFIXES, UnsupportedFileType
+from qiao.corpus.extract import SUPPORTED_SUFFIXES, TooMuchText, UnsupportedFileType
 from qiao.corpus.loader import DocumentError
 from qiao.index.store import IndexBusyError
 
@@ -86,6 +87,8 @@ def _update_errors(exc: Exception) -> HTTPException:
     """Map service exceptions to HTTP errors; user mistakes are 4xx, never 500."""
     if isinstance(exc, UnsupportedFileType):
         return HTTPException(status_code=415, detail=str(exc))
+    if isinstance(exc, TooMuchText):  # QIAO_MAX_EXTRACTED_CHARS / QIAO_EXTRACT_TIMEOUT_S / QIAO_MAX_UPDATE_CHUNKS
+        return HTTPException(status_code=413, detail=str(exc))
     if isinstance(exc, DuplicateDocumentError):
         return HTTPException(status_code=409, detail=str(exc))
     if isinstance(exc, DocumentError):
@@ -94,6 +97,10 @@ def _update_errors(exc: Exception) -> HTTPException:
         return HTTPException(status_code=409, detail=str(exc))
     if isinstance(exc, IndexBusyError):
         return HTTPException(status_code=503, detail=str(exc), headers={"Retry-After": "5"})
+    if isinstance(exc, UpdateCancelled):  # QIAO_BUILD_TIMEOUT_S (the update is too big) or shutting down
+        if exc.timed_out:
+            return HTTPException(status_code=413, detail=str(exc))
+        return HTTPException(status_code=503, detail=str(exc), headers={"Retry-After": "10"})
     if isinstance(exc, UpdateError):
         return HTTPException(status_code=500, detail=str(exc))
     raise exc
