@@ -264,8 +264,13 @@ class EmbeddingPool:
                 if job.cancelled or job.result is None:
                     raise EmbeddingCancelled(budget.reason() if budget is not None else "the embedding pool is shut down")
         except BaseException:
-            for job in jobs:
-                job.cancelled = True  # still queued: dropped; running: its result is ignored
+            with self._cond:
+                for job in jobs:
+                    job.cancelled = True  # running: its result is ignored
+                    q = self._queues[job.priority]
+                    if not job.done.is_set() and job in q:  # still queued: dropped now, never run
+                        q.remove(job)
+                        self.dropped += 1
             raise
         return np.concatenate([job.result for job in jobs], axis=0)
 
