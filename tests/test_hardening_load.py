@@ -257,3 +257,13 @@ def test_a_build_over_its_time_budget_is_rolled_back(capped):
     assert set(service.snapshot.index.documents) == before
     assert service.snapshot.index.manifest["build_id"] == build_before
     assert service.store.uploaded().documents == []
+
+
+def test_the_character_budget_covers_the_whole_upload(fresh_service):
+    service = fresh_service(max_extracted_chars=1000)
+    one = ("Hubei notice on stem cell banks\n\n" + "Wuhan clinics register their stem cell banks. " * 12)[:600]
+    two = ("Hunan notice on gene therapy\n\n" + "Changsha hospitals report gene therapy trials. " * 12)[:600]
+    assert len(service.extract_uploads([("one.txt", one.encode())])) == 1
+    with pytest.raises(TooMuchText) as e:
+        service.extract_uploads([("one.txt", one.encode()), ("two.txt", two.encode())])
+    assert str(e.value).startswith("two.txt: with the files before it") and "1,000 characters" in str(e.value)
