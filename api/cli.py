@@ -161,6 +161,9 @@ def cmd_search(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    # before any engine loads libgomp: an OpenMP team that spin-waits lost 10-50x on a busy machine
+    # (a short query: 3.0 s p50 with 2 spinning threads vs 55-75 ms passive; index/pool.py)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import uvicorn
 
     from qiao.api.app import create_app
