@@ -64,7 +64,9 @@ async def ask(
     it); a client that disconnects cancels its queued work."""
     check_doc_ids(snap, req.filters.doc_id)
     try:
-        return await bounded(request, service.settings.request_timeout_s, _ask, req, snap, service)
+        s = service.settings
+        seconds = s.request_timeout_s + (s.llm_timeout if s.llm_base_url and s.llm_model else 0.0)  # a chat model may write it
+        return await bounded(request, seconds, _ask, req, snap, service)
     except ClientGone:
         return client_gone_response()
 

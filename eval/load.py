@@ -240,49 +240,96 @@ def ensure_index(tree: Path, data: Path) -> None:
     subprocess.run([sys.executable, "-m", "qiao.api.cli", "index", "--quiet"], cwd=tree, env=env, check=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--tree", default=str(ROOT))
-    ap.add_argument("--data-dir", default=str(Path(tempfile.gettempdir()) / "qiao-load-index"))
-    ap.add_argument("--seconds", type=float, default=8.0)
-    ap.add_argument("--phases", default="long6,short_during_long,throughput,during_upload")
-    ap.add_argument("--env", action="append", default=[], help="KEY=VALUE for the server")
-    ap.add_argument("--json")
-    args = ap.parse_args(argv)
-    tree, base = Path(args.tree), Path(args.data_dir)
-    ensure_index(tree, base)
+def run_tree(tree: Path, base: Path, phases: list[str], seconds: float, env: dict) -> dict:
     work = Path(tempfile.mkdtemp(prefix="qiao-load-"))
     data = work / "data"
     shutil.copytree(base, data, symlinks=True)
-    env = dict(kv.split("=", 1) for kv in args.env)
     server = Server(tree, data, env)
     counter = Counter(short_queries())
-    phases = args.phases.split(",")
-    result: dict = {"tree": str(tree), "env": env, "loadavg_start": os.getloadavg()}
+    result: dict = {"tree": str(tree), "env": env, "loadavg_start": os.getloadavg()[0]}
     try:
         for _ in range(3):
             post(server.url + "/search", {"query": counter.next(), "k": 10})
-        if "long6" in phases:
-            result["long6"] = phase_long6(server.url)
-            print("long6", result["long6"], flush=True)
-        if "short_during_long" in phases:
-            result["short_during_long"] = phase_short_during_long(server.url, counter, max(args.seconds * 2, 15))
-            print("short_during_long", result["short_during_long"], flush=True)
-        if "throughput" in phases:
-            rows = [phase_clients(server.url, counter, c, args.seconds) for c in (1, 2, 4, 8)]
+        if "throughput" in phases:  # first: nothing queued by other phases yet
+            rows = [phase_clients(server.url, counter, c, seconds) for c in (1, 2, 4, 8)]
             for r in rows:
                 r["ratio"] = round(r["rps"] / rows[0]["rps"], 2) if rows[0]["rps"] else None
             result["throughput"] = rows
-            print("throughput", rows, flush=True)
+            print(tree, "throughput", rows, flush=True)
+        if "long6" in phases:
+            result["long6"] = phase_long6(server.url)
+            print(tree, "long6", result["long6"], flush=True)
+        if "short_during_long" in phases:
+            result["short_during_long"] = phase_short_during_long(server.url, counter, max(seconds * 2, 15))
+            print(tree, "short_during_long", result["short_during_long"], flush=True)
         if "during_upload" in phases:
             result["during_upload"] = phase_during_upload(server.url, counter)
-            print("during_upload", result["during_upload"], flush=True)
+            print(tree, "during_upload", result["during_upload"], flush=True)
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
-    result["loadavg_end"] = os.getloadavg()
+    result["loadavg_end"] = os.getloadavg()[0]
+    return result
+
+
+def markdown(runs: list[dict]) -> str:
+    """One table per phase, a column per run."""
+    names = [f"{Path(r['tree']).name} (load {r['loadavg_start']:.1f})" for r in runs]
+    out = ["# Qiao under load (`python -m eval.load`)", "",
+           "A real `qiao serve` per checkout, one after the other, on this 2-core machine; the load average is the",
+           "machine's (other jobs included) when the run started. Short queries are distinct real lines of the seed",
+           "corpus; long ones 2,000 distinct CJK characters.", ""]
+    if all("throughput" in r for r in runs):
+        out += ["## /search throughput by clients (short queries)", "",
+                "| clients | " + " | ".join(f"{n}: req/s, p50 ms, ratio" for n in names) + " |",
+                "|---|" + "---|" * len(runs)]
+        for i, c in enumerate((1, 2, 4, 8)):
+            cells = [f"{r['throughput'][i]['rps']}, {r['throughput'][i]['p50_ms']}, {r['throughput'][i]['ratio']}x" for r in runs]
+            out.append(f"| {c} | " + " | ".join(cells) + " |")
+        out.append("")
+    if all("long6" in r for r in runs):
+        out += ["## Six parallel 2,000-character queries: finished at (s), status", ""]
+        for n, r in zip(names, runs):
+            out.append(f"- {n}: " + ", ".join(f"{t} ({c})" for t, c in zip(r["long6"]["finished_s"], r["long6"]["codes"])))
+        out.append("")
+    if all("short_during_long" in r for r in runs):
+        out += ["## Short queries while four clients send 2,000-character queries", "",
+                "| run | short p50 ms | short p95 ms | short queries | long: statuses, mean s |", "|---|---|---|---|---|"]
+        for n, r in zip(names, runs):
+            x = r["short_during_long"]
+            out.append(f"| {n} | {x['short_p50_ms']} | {x['short_p95_ms']} | {x['short_n']} | {x['long_codes']}, {x['long_mean_s']} |")
+        out.append("")
+    if all("during_upload" in r for r in runs):
+        out += ["## Short queries during an upload (60 paragraphs, ~43 new passages)", "",
+                "| run | upload s | queries | p50 ms | p95 ms | max ms |", "|---|---|---|---|---|---|"]
+        for n, r in zip(names, runs):
+            x = r["during_upload"]
+            out.append(f"| {n} | {x.get('upload_s')} | {x['queries']} | {x['p50_ms']} | {x['p95_ms']} | {x['max_ms']} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tree", default=str(ROOT))
+    ap.add_argument("--compare", help="another checkout to run first with the same phases (e.g. /work/main)")
+    ap.add_argument("--data-dir", default=str(Path(tempfile.gettempdir()) / "qiao-load-index"))
+    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--phases", default="throughput,long6,short_during_long,during_upload")
+    ap.add_argument("--env", action="append", default=[], help="KEY=VALUE for the server")
+    ap.add_argument("--json")
+    ap.add_argument("--md", help="write the tables here (e.g. eval/LOAD.md)")
+    args = ap.parse_args(argv)
+    base = Path(args.data_dir)
+    ensure_index(Path(args.tree), base)
+    env = dict(kv.split("=", 1) for kv in args.env)
+    phases = args.phases.split(",")
+    trees = ([Path(args.compare)] if args.compare else []) + [Path(args.tree)]
+    runs = [run_tree(t, base, phases, args.seconds, env) for t in trees]
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1, ensure_ascii=False))
+        Path(args.json).write_text(json.dumps(runs, indent=1, ensure_ascii=False))
+    if args.md:
+        Path(args.md).write_text(markdown(runs) + "\n", encoding="utf-8")
     return 0
 
 
