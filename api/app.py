@@ -8,6 +8,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from qiao.api.deps import get_service
+from qiao.api.errors import register_error_handlers
 from qiao.api.routes_admin import router as admin_router
 from qiao.api.routes_ask import router as ask_router
 from qiao.api.routes_core import router as core_router
@@ -40,6 +41,7 @@ def create_app(settings: Settings | None = None, service: QiaoService | None = N
         lifespan=lifespan,
     )
     app.state.service = service
+    register_error_handlers(app)
     app.dependency_overrides[get_service] = lambda: service
     app.include_router(core_router)
     app.include_router(ask_router, responses=error_responses(400, 404, 422, 503))  # POST /ask

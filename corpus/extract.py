@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Callable
 from pathlib import PurePosixPath, PureWindowsPath
 
+from qiao.errors import TooLarge, Unsupported
 from qiao.corpus.loader import DocumentError, decode_bytes, document_from_text
 from qiao.corpus.models import Document
 
@@ -56,13 +57,19 @@ PDF_CONTENT_BYTES_PER_CHAR = 16
 (text-showing operators with positioning take ~1.5-6 bytes per character; vector drawings more)."""
 
 
-class UnsupportedFileType(DocumentError):
-    """The file's type (by extension) is not one Qiao can extract text from."""
+class UnsupportedFileType(DocumentError, Unsupported):
+    """The file's type (by extension) is not one Qiao can extract text from (HTTP 415)."""
+
+    code = Unsupported.code
+    http_status = Unsupported.http_status
 
 
-class TooMuchText(DocumentError):
+class TooMuchText(DocumentError, TooLarge):
     """The file holds more text than an upload may add (``QIAO_MAX_EXTRACTED_CHARS``), or its
     extraction ran out of time (``QIAO_EXTRACT_TIMEOUT_S``). HTTP 413."""
+
+    code = TooLarge.code
+    http_status = TooLarge.http_status
 
 
 @dataclass

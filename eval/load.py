@@ -64,10 +64,7 @@ def long_query(i: int = 0) -> str:
 
 def short_queries() -> list[str]:
     lines = [l.strip() for l in seed_text().splitlines() if 12 <= len(l.strip())]
-    out = []
-    for i, l in enumerate(lines):
-        out.append(l[:30] if any("\u4e00" <= c <= "\u9fff" for c in l) else " ".join(l.split()[:8]))
-    return out
+    return [l[:30] if any("\u4e00" <= c <= "\u9fff" for c in l) else " ".join(l.split()[:8]) for l in lines]
 
 
 class Server:

