@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import unicodedata
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,6 +121,22 @@ class DuplicateDocumentError(DocumentError, Duplicate):
         super().__init__(source, f"same content as the indexed document {existing.doc_id} ({existing.source}); not added again")
 
 
+class DuplicateNameError(DuplicateDocumentError):
+    """Another indexed (or uploaded-with-it) document already has this file name (compared after NFC and
+    case folding: the names would be indistinguishable in lists and citations)."""
+
+    def __init__(self, source: str, existing: Document):
+        self.existing = existing
+        DocumentError.__init__(
+            self, source, f"a document with this name is already indexed ({existing.doc_id}, {existing.source!r}); "
+            "rename the file or remove the existing document first",
+        )
+
+
+def name_key(source: str) -> str:
+    return unicodedata.normalize("NFC", source).casefold()
+
+
 class UnknownDocumentError(UnknownDocument):
     """No indexed document has this doc_id."""
 
@@ -158,7 +175,7 @@ class _BoundedEmbedder:
 
     SLICE = 16
 
-    def __init__(self, inner: CachedEmbedder, budget: Budget, on_stop: Callable[[], UpdateCancelled]):
+    def __init__(self, inner: Any, budget: Budget, on_stop: Callable[[], UpdateCancelled]):
         self.inner = inner
         self.budget = budget
         self.on_stop = on_stop
@@ -283,7 +300,8 @@ class QiaoService:
         emb = self.embedder
         try:
             index = load_index(
-                self.settings.index_dir, expect_model_id=emb.model_id, expect_dim=emb.dim, ef_search=self.settings.hnsw_ef_search
+                self.settings.index_dir, expect_model_id=emb.model_id, expect_dim=emb.dim, ef_search=self.settings.hnsw_ef_search,
+                settings=self.settings,  # a Milvus-backed index needs its URI and collection
             )
         except IndexLoadError as exc:
             self.load_error = str(exc)
@@ -303,12 +321,18 @@ class QiaoService:
         except IndexLoadError:
             return None
 
+    def _build_embedder(self):
+        """The embedder builds use: through Ray actors when QIAO_RAY_ADDRESS is set (index/ray_ingest.py)."""
+        from qiao.index.ray_ingest import build_embedder
+
+        return build_embedder(self.embedder, self.settings)
+
     def stale_reason(self, documents) -> str | None:
         return stale_reason(self.settings.index_dir, documents, self.settings, self.embedder.model_id)
 
     def build(self, documents, progress: bool = True, log: Callable[[str], None] = lambda s: None, **kw) -> BuildReport:
         with lane(BULK):  # behind queries in the embedding pool
-            report = build_index(documents, self.embedder, self.settings.index_dir, self.settings, progress=progress, log=log, **kw)
+            report = build_index(documents, self._build_embedder(), self.settings.index_dir, self.settings, progress=progress, log=log, **kw)
         self.load()
         return report
 
@@ -412,7 +436,7 @@ class QiaoService:
         try:
             with lane(BULK):  # behind queries in the embedding pool: an upload does not starve searches
                 report = build_index(
-                    documents, _BoundedEmbedder(self.embedder, budget, stopped), self.settings.index_dir, self.settings, **build_kw
+                    documents, _BoundedEmbedder(self._build_embedder(), budget, stopped), self.settings.index_dir, self.settings, **build_kw
                 )
         except UpdateCancelled:
             if change is not None:
@@ -455,6 +479,7 @@ class QiaoService:
         seen: dict[str, Document] = {}
         budget = self.settings.max_extracted_chars  # for the whole upload
         deadline = ExtractLimits.of(None, self.settings.extract_timeout_s).deadline
+        names: dict[str, Document] = {}
         for name, data in files:
             limits = ExtractLimits(budget, deadline, self.settings.extract_timeout_s, self._stop_reason,
                                    total_chars=self.settings.max_extracted_chars)
@@ -463,14 +488,17 @@ class QiaoService:
             doc = ex.to_document()
             if doc.doc_id in seen:
                 raise DuplicateDocumentError(ex.source, seen[doc.doc_id])
+            if name_key(doc.source) in names:
+                raise DuplicateNameError(ex.source, names[name_key(doc.source)])
             seen[doc.doc_id] = doc
+            names[name_key(doc.source)] = doc
             items.append((doc, ex))
         s = self.settings
         chunks = chunk_documents([d for d, _ in items], s.chunk_size, s.chunk_overlap) if items else []
         if len(chunks) > s.max_update_chunks:
-            names = ", ".join(ex.source for _, ex in items[:3]) + (" …" if len(items) > 3 else "")
+            sources = ", ".join(ex.source for _, ex in items[:3]) + (" …" if len(items) > 3 else "")
             raise TooMuchText(
-                names, f"the upload makes {len(chunks):,} passages, more than the {s.max_update_chunks:,} one upload may add "
+                sources, f"the upload makes {len(chunks):,} passages, more than the {s.max_update_chunks:,} one upload may add "
                 "(QIAO_MAX_UPDATE_CHUNKS); split it into smaller uploads",
             )
         return items
@@ -485,9 +513,12 @@ class QiaoService:
         with self._locked(lock_timeout):
             current = collect_documents(self.settings)
             by_id = {d.doc_id: d for d in current.documents}
+            by_name = {name_key(d.source): d for d in current.documents}
             for doc, ex in items:
                 if doc.doc_id in by_id:
                     raise DuplicateDocumentError(ex.source, by_id[doc.doc_id])
+                if name_key(doc.source) in by_name:
+                    raise DuplicateNameError(ex.source, by_name[name_key(doc.source)])
             change = self.store.stage_add(items)
             added = [d for d, _ in items]
             report = self._rebuild(current.documents + added, change, **build_kw)
