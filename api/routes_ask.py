@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
 from qiao.api.budget import ClientGone, bounded, client_gone_response
-from qiao.api.deps import get_service, get_snapshot
+from qiao.api.deps import check_text_length, get_service, get_snapshot
 from qiao.api.schemas import AskRequest, HitOut
 from qiao.errors import check_doc_ids
 from qiao.service.core import QiaoService, Snapshot
@@ -47,6 +47,7 @@ async def ask(
     ``answerable`` is false when the documents do not answer the question; ``hits`` then still
     shows the nearest passages. Runs in a worker thread within ``QIAO_REQUEST_TIMEOUT_S`` (503 after
     it); a client that disconnects cancels its queued work."""
+    check_text_length(req.question, "question", service)
     check_doc_ids(snap.index.documents, req.filters.doc_id)
     try:
         s = service.settings

@@ -7,7 +7,7 @@ import time
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
 from qiao.api.budget import ClientGone, bounded, client_gone_response
-from qiao.api.deps import get_service, get_snapshot
+from qiao.api.deps import check_text_length, get_service, get_snapshot
 from qiao.api.errors import redact_paths
 from qiao.api.schemas import (
     DocumentList,
@@ -47,6 +47,7 @@ async def search(
     """Ranked passages for a query in English or Chinese, with their exact offsets into the source.
     Runs in a worker thread within ``QIAO_REQUEST_TIMEOUT_S`` (503 after it); a client that
     disconnects cancels its queued work."""
+    check_text_length(req.query, "query", service)
     check_doc_ids(snap.index.documents, req.filters.doc_id)
     try:
         return await bounded(request, service.settings.request_timeout_s, _search, req, snap)

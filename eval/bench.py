@@ -589,14 +589,16 @@ def markdown(r: dict) -> str:
 
 
 SOAK_START, SOAK_END = "<!-- qiao-soak:start -->", "<!-- qiao-soak:end -->"
+SOAK_SECTIONS = [(SOAK_START, SOAK_END), ("<!-- qiao-soak-hostile:start -->", "<!-- qiao-soak-hostile:end -->")]
 
 
 def keep_other_sections(path: Path, new_text: str) -> str:
-    """``new_text`` plus the soak run's section of the existing file (written by ``make soak``), kept as it was."""
+    """``new_text`` plus the soak runs' sections of the existing file (written by ``make soak``), kept as they were."""
     old = path.read_text(encoding="utf-8") if path.exists() else ""
-    if SOAK_START in old and SOAK_END in old:
-        section = old[old.index(SOAK_START) : old.index(SOAK_END) + len(SOAK_END)]
-        return new_text.rstrip("\n") + "\n\n" + section + "\n"
+    for start, end in SOAK_SECTIONS:
+        if start in old and end in old:
+            section = old[old.index(start) : old.index(end) + len(end)]
+            new_text = new_text.rstrip("\n") + "\n\n" + section + "\n"
     return new_text
 
 

@@ -227,6 +227,7 @@ class CachedEmbedder:
         self._query_cache_size = query_cache_size
         self._lock = threading.Lock()
         self.last_embedded = 0  # passages actually embedded by the last embed_passages call
+        self.second: CachedEmbedder | None = None  # the second embedder, stored beside this one (make_embedder)
 
     def forget_queries(self, texts: Sequence[str]) -> None:
         """Drop these queries from the in-memory cache (the next embed_queries embeds them: the
@@ -292,4 +293,8 @@ def make_embedder(settings, cache_dir: Path | None = None) -> CachedEmbedder:
     else:  # pragma: no cover - Settings validates the literal
         raise EmbedderError(f"unknown embedder {settings.embedder!r}")
     cache = EmbeddingCache(cache_dir / "embeddings.sqlite") if cache_dir else None
-    return CachedEmbedder(inner, cache)
+    out = CachedEmbedder(inner, cache)
+    from qiao.index.use_embedder import make_second_embedder  # imports this module, so not at the top
+
+    out.second = make_second_embedder(settings, cache_dir)
+    return out
