@@ -221,7 +221,7 @@ def capped(fresh_service):
 
 
 def _upload(client, name, data):
-    return client.post("/documents", files={"files": (name, data, "application/octet-stream")})
+    return client.post("/documents", files={"files": (name, data, "application/octet-stream")}, headers={"X-Qiao-Request": "1"})
 
 
 def test_uploads_over_the_limits_are_413_naming_file_and_limit_and_change_nothing(capped):
