@@ -170,6 +170,33 @@ class Settings(BaseSettings):
         30.0, gt=0, description="seconds an HTTP write (upload, delete, reindex) waits for another writer before a 503 busy"
     )
 
+    # --- load: concurrency, time budgets, upload caps (see index/pool.py, api/budget.py, corpus/extract.py) ----
+    embed_workers: int = Field(
+        0, ge=0, le=64,
+        description="embedding engines the server runs, one thread each (0: one per usable core)",
+    )
+    short_query_tokens: int = Field(
+        64, ge=1, le=512, description="queries of at most this many tokens use the pool's fast lane (index/pool.py)"
+    )
+    request_timeout_s: float = Field(
+        10.0, gt=0, description="time budget of one /search, /ask or chat request; over it the answer is a 503 JSON error"
+    )
+    max_extracted_chars: int = Field(
+        1_000_000, ge=1000,
+        description="characters of text one upload (all its files) may add; more is a 413 (corpus/extract.py). "
+        "1M characters ~ 3,200 passages ~ 8 min of embedding at 6.9 passages/s (eval/BENCH.md); a 300-page "
+        "policy compilation is ~600k characters",
+    )
+    extract_timeout_s: float = Field(60.0, gt=0, description="seconds text extraction of one upload may take (413 after)")
+    max_update_chunks: int = Field(
+        5000, ge=1, description="passages one upload may add (one per dated timeline entry, so short lines count); 413 above"
+    )
+    build_timeout_s: float = Field(
+        900.0, gt=0, description="seconds an update's index build may take; it is rolled back after that (413 for an upload)"
+    )
+    shutdown_timeout_s: float = Field(
+        10.0, gt=0, description="on SIGTERM: seconds to finish or roll back a running update and close connections"
+    )
     # --- optional language-model answers (off unless both URL and model are set) ----
     llm_base_url: str | None = None
     """OpenAI-compatible endpoint, e.g. http://localhost:11434/v1; with llm_model, /ask may let a chat model write the answer."""
