@@ -23,7 +23,7 @@ import uuid
 from functools import lru_cache
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from filelock import FileLock, Timeout
@@ -578,6 +578,8 @@ def _load_index(
         n = len(chunks)
         if n != manifest.get("chunks") or len(documents) != manifest.get("documents"):
             raise ValueError(f"{n} chunks / {len(documents)} documents on disk, manifest says {manifest.get('chunks')} / {manifest.get('documents')}")
+        vectors: Any
+        bm25: Any
         if milvus:  # vectors and BM25 weights live in the Milvus collection (opened below)
             vectors = bm25 = None
         else:
