@@ -598,8 +598,8 @@ def _load_index(
         manifest=manifest,
         documents=documents,
         chunks=chunks,
-        bm25=bm25,
-        vector_index=vectors,
+        bm25=bm25,  # type: ignore[arg-type]  # None for the Milvus backend: MilvusIndex keeps them in Milvus
+        vector_index=vectors,  # type: ignore[arg-type]
         chunk_lang=chunk_lang,
         chunk_date=chunk_date,
         chunk_doc=chunk_doc,
@@ -609,5 +609,5 @@ def _load_index(
         from qiao.index.milvus_backend import MilvusIndex
         from qiao.settings import get_settings
 
-        return MilvusIndex.open(loaded, manifest.get("milvus"), settings or get_settings(), root)
+        return MilvusIndex.open(loaded, manifest.get("milvus"), settings or get_settings(), root)  # type: ignore[arg-type]
     return loaded

@@ -120,6 +120,7 @@ class Settings(BaseSettings):
     port: int = 8000
     max_query_chars: int = 2000
     api_key: str | None = None
+    api_docs: bool = Field(False, description="serve /docs and /redoc (their scripts come from a CDN); /openapi.json is always served")
     max_upload_bytes: int = 20 * 1024 * 1024
     http_write_wait: float = Field(
         30.0, gt=0, description="seconds an HTTP write (upload, delete, reindex) waits for another writer before a 503 busy"

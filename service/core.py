@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import unicodedata
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,6 +109,22 @@ class DuplicateDocumentError(DocumentError, Duplicate):
     def __init__(self, source: str, existing: Document):
         self.existing = existing
         super().__init__(source, f"same content as the indexed document {existing.doc_id} ({existing.source}); not added again")
+
+
+class DuplicateNameError(DuplicateDocumentError):
+    """Another indexed (or uploaded-with-it) document already has this file name (compared after NFC and
+    case folding: the names would be indistinguishable in lists and citations)."""
+
+    def __init__(self, source: str, existing: Document):
+        self.existing = existing
+        DocumentError.__init__(
+            self, source, f"a document with this name is already indexed ({existing.doc_id}, {existing.source!r}); "
+            "rename the file or remove the existing document first",
+        )
+
+
+def name_key(source: str) -> str:
+    return unicodedata.normalize("NFC", source).casefold()
 
 
 class UnknownDocumentError(UnknownDocument):
@@ -310,12 +327,16 @@ class QiaoService:
         :class:`DocumentError` naming it. Nothing is stored."""
         items: list[tuple[Document, Extracted]] = []
         seen: dict[str, Document] = {}
+        names: dict[str, Document] = {}
         for name, data in files:
             ex = extract(data, name)
             doc = ex.to_document()
             if doc.doc_id in seen:
                 raise DuplicateDocumentError(ex.source, seen[doc.doc_id])
+            if name_key(doc.source) in names:
+                raise DuplicateNameError(ex.source, names[name_key(doc.source)])
             seen[doc.doc_id] = doc
+            names[name_key(doc.source)] = doc
             items.append((doc, ex))
         return items
 
@@ -329,9 +350,12 @@ class QiaoService:
         with self._locked(lock_timeout):
             current = collect_documents(self.settings)
             by_id = {d.doc_id: d for d in current.documents}
+            by_name = {name_key(d.source): d for d in current.documents}
             for doc, ex in items:
                 if doc.doc_id in by_id:
                     raise DuplicateDocumentError(ex.source, by_id[doc.doc_id])
+                if name_key(doc.source) in by_name:
+                    raise DuplicateNameError(ex.source, by_name[name_key(doc.source)])
             change = self.store.stage_add(items)
             added = [d for d, _ in items]
             report = self._rebuild(current.documents + added, change, **build_kw)
