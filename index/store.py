@@ -598,8 +598,8 @@ def _load_index(
         manifest=manifest,
         documents=documents,
         chunks=chunks,
-        bm25=bm25,  # type: ignore[arg-type]  # None for the Milvus backend: MilvusIndex keeps them in Milvus
-        vector_index=vectors,  # type: ignore[arg-type]
+        bm25=bm25,  # None for the Milvus backend: MilvusIndex keeps them in Milvus
+        vector_index=vectors,
         chunk_lang=chunk_lang,
         chunk_date=chunk_date,
         chunk_doc=chunk_doc,
@@ -609,5 +609,5 @@ def _load_index(
         from qiao.index.milvus_backend import MilvusIndex
         from qiao.settings import get_settings
 
-        return MilvusIndex.open(loaded, manifest.get("milvus"), settings or get_settings(), root)  # type: ignore[arg-type]
+        return MilvusIndex.open(loaded, manifest.get("milvus"), settings or get_settings(), root)
     return loaded
