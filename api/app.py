@@ -9,6 +9,8 @@ from fastapi import FastAPI
 from qiao.api.deps import get_service
 from qiao.api.errors import install_error_handlers, register_error_handlers, register_roots
 from qiao.api.middleware import DEFAULT_MAX_BODY, JSONGateMiddleware, NoSniffMiddleware
+from qiao.api.limits import BodyLimitMiddleware, route_limits
+from qiao.api.origin import CrossSiteMiddleware
 from qiao.api.routes_admin import router as admin_router
 from qiao.api.routes_ask import router as ask_router
 from qiao.api.routes_core import router as core_router
@@ -55,4 +57,7 @@ def _harden(app: FastAPI, settings: Settings) -> None:
     register_roots([(settings.data_dir, "<data dir>"), (settings.corpus_dir, "<corpus dir>")])
     install_error_handlers(app)
     app.add_middleware(JSONGateMiddleware, max_body=getattr(settings, "max_body_bytes", None) or DEFAULT_MAX_BODY)
+    # cross-site refusal (api/origin.py), then the body limit (api/limits.py): it drains the body before any early answer
+    app.add_middleware(CrossSiteMiddleware, allowed_origins=settings.allowed_origins)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, per_route=route_limits(settings))
     app.add_middleware(NoSniffMiddleware)  # added last: outermost, so every answer carries the header

@@ -133,10 +133,12 @@ def _validated(model, **fields):
 def cmd_search(args) -> int:
     import time
 
-    from qiao.api.schemas import SearchFilters, SearchRequest
+    from qiao.api.schemas import SearchFilters, SearchRequest, too_long
 
     filters = _validated(SearchFilters, lang=args.lang, region=args.region, date_from=args.date_from, date_to=args.date_to, doc_id=args.doc_id)
     req = _validated(SearchRequest, query=args.query, k=args.k, mode=args.mode, filters=filters)
+    if msg := too_long(req.query, "query", _settings(args).max_query_chars):
+        raise CLIError(msg)
     service = _loaded_service(args)
     snap = service.snapshot
     check_doc_ids(snap.index.documents, req.filters.doc_id)
@@ -227,7 +229,11 @@ def cmd_ask(args) -> int:
     from qiao.api.schemas import AskRequest
     from qiao.qa.pipeline import engine_for
 
+    from qiao.api.schemas import too_long
+
     req = _validated(AskRequest, question=args.question, k=args.k, filters=_ask_filters(args))
+    if msg := too_long(req.question, "question", _settings(args).max_query_chars):
+        raise CLIError(msg)
     service = _loaded_service(args)
     snap = service.snapshot
     check_doc_ids(snap.index.documents, req.filters.doc_id)

@@ -7,7 +7,7 @@ import time
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
-from qiao.api.deps import get_service, get_snapshot
+from qiao.api.deps import check_text_length, get_service, get_snapshot
 from qiao.api.schemas import AskRequest, HitOut
 from qiao.errors import check_doc_ids
 from qiao.service.core import QiaoService, Snapshot
@@ -45,6 +45,7 @@ def ask(
     ending with a citation marker ``[n]`` whose citation points at the exact span of the source.
     ``answerable`` is false when the documents do not answer the question; ``hits`` then still
     shows the nearest passages."""
+    check_text_length(req.question, "question", service)
     t0 = time.perf_counter()
     check_doc_ids(snap.index.documents, req.filters.doc_id)
     answer = engine_for(snap, service.settings).ask(req.question, k=req.k, filters=req.filters.to_filters())

@@ -6,7 +6,7 @@ import time
 
 from fastapi import APIRouter, Depends, HTTPException, Query
 
-from qiao.api.deps import get_service, get_snapshot
+from qiao.api.deps import check_text_length, get_service, get_snapshot
 from qiao.api.errors import redact_paths
 from qiao.api.schemas import (
     DocumentList,
@@ -40,8 +40,11 @@ def health(service: QiaoService = Depends(get_service)) -> HealthResponse:
 
 
 @router.post("/search", response_model=SearchResponse, tags=["search"], responses=error_responses(400, 404, 422, 503))
-def search(req: SearchRequest, snap: Snapshot = Depends(get_snapshot)) -> SearchResponse:
+def search(
+    req: SearchRequest, snap: Snapshot = Depends(get_snapshot), service: QiaoService = Depends(get_service)
+) -> SearchResponse:
     """Ranked passages for a query in English or Chinese, with their exact offsets into the source."""
+    check_text_length(req.query, "query", service)
     t0 = time.perf_counter()
     check_doc_ids(snap.index.documents, req.filters.doc_id)
     hits = snap.retriever.search(req.query, k=req.k, mode=req.mode, filters=req.filters.to_filters())

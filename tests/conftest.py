@@ -75,6 +75,8 @@ def _share_cache(service: QiaoService, cache_dir: Path) -> None:
     from qiao.index.embedders import EmbeddingCache
 
     service.embedder.cache = EmbeddingCache(cache_dir / "embeddings.sqlite")
+    if service.embedder.second is not None:  # the second embedder (index/use_embedder.py) shares it too
+        service.embedder.second.cache = service.embedder.cache
 
 
 @pytest.fixture(scope="session")
