@@ -65,7 +65,7 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -367,6 +367,7 @@ def write_rows(
     if len(set(pks)) != len(pks):
         raise MilvusError("two chunk ids map to the same Milvus primary key: rebuild with another QIAO_CHUNK_SIZE")
     if incremental:
+        assert prev is not None and base is not None
         name = prev["collection"]
         terms.avgdl_ref = base.avgdl_ref
         existing = _call(settings, "list the stored rows", _all_pks, client, name)
@@ -453,17 +454,17 @@ class MilvusIndex(LoadedIndex):
     """The Milvus :class:`~qiao.index.backend.SearchBackend`: the catalog (chunks, documents, row
     metadata) in memory as for FAISS, vectors and BM25 weights in the collection."""
 
-    client: object = None
+    client: Any = None  # pymilvus.MilvusClient (untyped)
     collection: str = ""
-    terms: Terms | None = None
-    settings: object = None
+    terms: Any = None  # Terms, set by open()
+    settings: Any = None  # qiao.settings.Settings
     _pk_rows: dict[int, int] = field(default_factory=dict, repr=False)
-    _row_pk: np.ndarray | None = field(default=None, repr=False)
+    _row_pk: Any = field(default=None, repr=False)  # (n,) int64 primary key of each row
     _vec_cache: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
     _slack: int = 0  # rows in the collection that this catalog does not know (leftovers, an update in flight)
 
     @classmethod
-    def open(cls, base: LoadedIndex, section: dict, settings, root: Path, verify_rows: bool = True) -> "MilvusIndex":
+    def open(cls, base: LoadedIndex, section: Any, settings, root: Path, verify_rows: bool = True) -> "MilvusIndex":
         if not isinstance(section, dict) or not section.get("collection"):
             raise IndexLoadError(f"index at {base.path} has no Milvus section in its manifest: run `qiao index` to rebuild it")
         base_name = collection_name(settings, root)
@@ -650,7 +651,7 @@ class MilvusIndex(LoadedIndex):
         pks = [pk_of(c.chunk_id) for c in chunks]
         _upsert(self.settings, self.client, self.collection, chunks, pks, np.asarray(vectors, np.float32), tokens, terms, range(len(chunks)))
         self.terms = terms
-        self._set_rows([*self.chunks, *chunks])
+        self._reset_rows([*self.chunks, *chunks])
         for d in documents:
             self.documents[d.doc_id] = d
 
@@ -668,15 +669,15 @@ class MilvusIndex(LoadedIndex):
         for s in range(0, len(pks), 4096):
             _call(self.settings, "delete rows", self.client.delete, self.collection, ids=pks[s : s + 4096])
         self.terms = self.terms.extended(tokenize_many([bm25_text(c) for c in gone]), -1)
-        self._set_rows([c for c in self.chunks if c.doc_id not in ids])
+        self._reset_rows([c for c in self.chunks if c.doc_id not in ids])
         return len(gone)
 
-    def _set_rows(self, chunks) -> None:
+    def _reset_rows(self, chunks) -> None:
         from qiao.index.store import _row_metadata
 
         self.chunks = list(chunks)
         self.chunk_lang, self.chunk_date, self.chunk_doc, self.region_rows = _row_metadata(self.chunks)
-        self._lang_masks = {}
+        self._lang_masks.clear()
         self._row_pk = np.array([pk_of(c.chunk_id) for c in self.chunks], dtype=np.int64)
         self._pk_rows = {int(p): i for i, p in enumerate(self._row_pk)}
         self._vec_cache = {}

@@ -136,7 +136,7 @@ class RayEmbedder:
         bar = tqdm(total=len(todo), desc=f"embedding ({n_workers} Ray workers)", unit="passage", disable=not progress)
         try:
             pool = ActorPool(actors)
-            jobs = ((b, [texts[j] for j in batch]) for b, batch in enumerate(batches))
+            jobs = [(b, [texts[j] for j in batch]) for b, batch in enumerate(batches)]
             for b, vecs in pool.map_unordered(lambda a, job: a.embed.remote(*job), jobs):
                 batch = batches[b]
                 new = {keys[j]: np.asarray(v, np.float32) for j, v in zip(batch, vecs)}

@@ -24,7 +24,7 @@ import uuid
 from functools import lru_cache
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from filelock import FileLock, Timeout
@@ -636,6 +636,8 @@ def _load_index(
         n = len(chunks)
         if n != manifest.get("chunks") or len(documents) != manifest.get("documents"):
             raise ValueError(f"{n} chunks / {len(documents)} documents on disk, manifest says {manifest.get('chunks')} / {manifest.get('documents')}")
+        vectors: Any
+        bm25: Any
         if milvus:  # vectors and BM25 weights live in the Milvus collection (opened below)
             vectors = bm25 = None
         else:
@@ -655,8 +657,8 @@ def _load_index(
         manifest=manifest,
         documents=documents,
         chunks=chunks,
-        bm25=bm25,  # type: ignore[arg-type]  # None for the Milvus backend: MilvusIndex keeps them in Milvus
-        vector_index=vectors,  # type: ignore[arg-type]
+        bm25=bm25,  # None for the Milvus backend: MilvusIndex keeps them in Milvus
+        vector_index=vectors,
         chunk_lang=chunk_lang,
         chunk_date=chunk_date,
         chunk_doc=chunk_doc,
@@ -667,5 +669,5 @@ def _load_index(
         from qiao.index.milvus_backend import MilvusIndex
         from qiao.settings import get_settings
 
-        return MilvusIndex.open(loaded, manifest.get("milvus"), settings or get_settings(), root)  # type: ignore[arg-type]
+        return MilvusIndex.open(loaded, manifest.get("milvus"), settings or get_settings(), root)
     return loaded
