@@ -7,12 +7,15 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from qiao.api.deps import get_service
+from qiao.api.logging_mw import install_request_logging
+from qiao.api.metrics import install_metrics
 from qiao.api.routes_admin import router as admin_router
 from qiao.api.routes_ask import router as ask_router
 from qiao.api.routes_core import router as core_router
 from qiao.api.routes_openai import router as openai_router
 from qiao.api.routes_web import router as web_router
 from qiao.api.schemas import OpenAIErrorOut, error_responses
+from qiao.integrations.mcp_server import mount_mcp
 from qiao.service.core import QiaoService
 from qiao.settings import Settings, get_settings
 
@@ -40,4 +43,7 @@ def create_app(settings: Settings | None = None, service: QiaoService | None = N
     app.include_router(openai_router, responses=error_responses(400, 404, 503, model=OpenAIErrorOut))  # OpenAI-compatible /v1/chat/completions, /v1/models
     app.include_router(admin_router, responses=error_responses(400, 401, 403, 404, 409, 413, 415, 422, 503))
     app.include_router(web_router)
+    install_metrics(app, service)  # GET /metrics (Prometheus) and per-route request metrics
+    install_request_logging(app, settings)  # one JSON log line per request, X-Request-ID (outermost middleware)
+    mount_mcp(app, service)  # MCP over streamable HTTP at /mcp, session manager inside the app's lifespan
     return app

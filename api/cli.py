@@ -168,7 +168,16 @@ def cmd_serve(args) -> int:
     settings = _settings(args)
     host = args.host or settings.host
     port = args.port or settings.port
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    # access_log off: every request is logged once, as a JSON line, by qiao.api.logging_mw
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
+    return 0
+
+
+def cmd_mcp(args) -> int:
+    """Serve the MCP tools (search, ask) and document resources on stdin/stdout."""
+    from qiao.integrations.mcp_server import run_stdio
+
+    run_stdio(_loaded_service(args))
     return 0
 
 
@@ -376,6 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host")
     s.add_argument("--port", type=int)
     s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("mcp", help="serve the MCP tools (search, ask) and document resources over stdio")
+    s.set_defaults(func=cmd_mcp)
 
     s = sub.add_parser("add", help="add documents (.txt, .md, .html, .pdf) and update the index")
     s.add_argument("files", nargs="+", metavar="FILE")

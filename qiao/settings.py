@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     max_query_chars: int = 2000
     api_key: str | None = None
     max_upload_bytes: int = 20 * 1024 * 1024
+    log_queries: bool = Field(
+        False, description="put the query / question text in the JSON request log lines (off by default: queries can be personal)"
+    )
     http_write_wait: float = Field(
         30.0, gt=0, description="seconds an HTTP write (upload, delete, reindex) waits for another writer before a 503 busy"
     )

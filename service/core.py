@@ -22,6 +22,8 @@ from typing import Callable
 
 from filelock import Timeout
 
+from qiao.metrics import timed_update
+
 from qiao.service.documents import DocumentStore
 from qiao.corpus.extract import Extracted, extract
 from qiao.corpus.loader import DocumentError, LoadResult, load_documents
@@ -303,6 +305,7 @@ class QiaoService:
             items.append((doc, ex))
         return items
 
+    @timed_update("add")
     def add_documents(self, files: list[tuple[str, bytes]], lock_timeout: float = 600, **build_kw) -> UpdateReport:
         """Store and index uploaded files. Raises DocumentError (bad file), DuplicateDocumentError,
         IndexBusyError or UpdateError; on any of them nothing changed."""
@@ -323,6 +326,7 @@ class QiaoService:
         report.seconds = time.perf_counter() - t0
         return self._report("add", added, report, [str(e) for e in current.errors], chunks)
 
+    @timed_update("remove")
     def remove_document(self, doc_id: str, lock_timeout: float = 600, **build_kw) -> UpdateReport:
         """Remove a document (uploaded or from the corpus directory) and rebuild the index.
         Raises UnknownDocumentError, IndexBusyError or UpdateError; on any of them nothing changed."""
@@ -340,6 +344,7 @@ class QiaoService:
         report.seconds = time.perf_counter() - t0
         return self._report("remove", [doc], report, [str(e) for e in current.errors], chunks)
 
+    @timed_update("reindex")
     def reindex(self, lock_timeout: float = 600, **build_kw) -> UpdateReport:
         """Rebuild the index from the documents on disk (only new or changed chunks are embedded)."""
         with self._locked(lock_timeout):
