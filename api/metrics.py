@@ -44,10 +44,15 @@ def metrics(request: Request) -> Response:
 
 def route_of(scope) -> str:
     """The matched route's template, the mount path for a mount, ``<unmatched>`` otherwise."""
-    route = scope.get("route")
+    route = scope.get("route")  # set by FastAPI for its own routes
     path = getattr(route, "path", None) or getattr(route, "path_format", None)
     if path:
         return path
+    endpoint = scope.get("endpoint")  # a plain Starlette route (/mcp): find it by its endpoint
+    if endpoint is not None:
+        for r in getattr(getattr(scope.get("app"), "router", None), "routes", ()):
+            if getattr(r, "endpoint", None) is endpoint:
+                return r.path
     root = scope.get("root_path") or ""
     return root if root else "<unmatched>"
 
