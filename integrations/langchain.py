@@ -13,7 +13,8 @@ checked with ``GET /documents/{doc_id}?start=..&end=..``. The facet filters of `
 ``retriever.with_filters(region=["Tianjin"])`` gives a filtered copy.
 
 Because it is a ``BaseRetriever`` it is a Runnable: it composes in LCEL chains
-(``retriever | format_docs``) and ``retriever.as_tool()`` turns it into an agent tool.
+(``retriever | format_docs``), and ``retriever.as_tool()`` gives an agent a ``StructuredTool`` whose
+arguments are the query and the optional per-call ``k``, ``mode`` and filters.
 
 Per-call arguments, as LangChain's own retrievers take them: ``retriever.invoke(q, k=1)``,
 ``ainvoke(q, region=["北京"])``, ``batch([q1, q2], k=3)``. ``k``, ``mode`` and the filter fields
