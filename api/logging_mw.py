@@ -1,6 +1,6 @@
 """Structured request logs: one JSON line per HTTP request, and the request id in ``X-Request-ID``.
 
-A line (logger ``qiao.requests``, to stderr)::
+A line (logger ``qiao.requests``, to stdout, where uvicorn wrote its access log)::
 
     {"ts": "2026-11-29T11:40:02.113Z", "level": "info", "event": "request", "request_id": "6f1c…",
      "method": "POST", "route": "/search", "path": "/search", "status": 200, "took_ms": 12.4,
@@ -50,11 +50,27 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False, separators=(",", ":"))
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stdout`` is at the time of the record (test runners swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def request_logger() -> logging.Logger:
-    """``qiao.requests`` with a JSON handler on stderr (added once per process)."""
+    """``qiao.requests`` with a JSON handler on stdout (added once per process).
+
+    stdout, like uvicorn's access log that these lines replace: the request log is the server's
+    output stream, stderr stays for diagnostics. (A supervisor that pipes stderr and never reads it
+    must not see the server stall once the pipe buffer fills with request lines.)"""
     logger = logging.getLogger(LOGGER_NAME)
     if not any(getattr(h, "_qiao_json", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StdoutHandler()
         handler.setFormatter(JsonFormatter())
         handler._qiao_json = True  # type: ignore[attr-defined]
         logger.addHandler(handler)

@@ -1,5 +1,5 @@
 """Operators' view: ``/metrics`` (parsed with prometheus_client's own parser after real requests),
-JSON request log lines and ``X-Request-ID`` (read from a real ``qiao serve`` process's stderr)."""
+JSON request log lines and ``X-Request-ID`` (read from a real ``qiao serve`` process's stdout)."""
 
 from __future__ import annotations
 
@@ -138,7 +138,7 @@ def test_json_request_logs_of_a_real_server(seed_service):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "QIAO_LOG_QUERIES": "true"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "qiao.api.cli", "--data-dir", str(seed_service.settings.data_dir), "serve", "--port", str(port)],
-        cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -165,11 +165,11 @@ def test_json_request_logs_of_a_real_server(seed_service):
     finally:
         proc.send_signal(signal.SIGINT)
         try:
-            _, err = proc.communicate(timeout=30)
+            out, _ = proc.communicate(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
-            _, err = proc.communicate()
-    lines = [json.loads(x) for x in err.splitlines() if x.startswith("{")]
+            out, _ = proc.communicate()
+    lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
     by_id = {x["request_id"]: x for x in lines}
     assert all(x["event"] == "request" and isinstance(x["took_ms"], float) for x in lines)
     search = by_id["abc-123"]
@@ -180,4 +180,4 @@ def test_json_request_logs_of_a_real_server(seed_service):
     assert (miss["route"], miss["path"], miss["status"], miss["level"]) == ("/documents/{doc_id}", "/documents/nope", 404, "warning")
     assert by_id[r4.headers["x-request-id"]]["route"] == "/mcp"
     # one line per request: no uvicorn access lines duplicating them
-    assert not [x for x in err.splitlines() if '"POST /search' in x]
+    assert not [x for x in out.splitlines() if '"POST /search' in x]
