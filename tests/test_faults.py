@@ -567,7 +567,7 @@ def test_cli_add_while_the_server_reindexes(world):
         assert results.get("reindex") == 200
         # a second reindex by the server sees the CLI's document (it reads the store under the lock)
         assert httpx.post(f"{server.url}/reindex", timeout=120).status_code == 200
-        hits = httpx.post(f"{server.url}/search", json={"query": NEW_QUERY, "k": 1}).json()["hits"]
+        hits = httpx.post(f"{server.url}/search", json={"query": NEW_QUERY, "k": 1}, timeout=120).json()["hits"]
         assert hits[0]["source"] == "zhejiang.txt"
     finally:
         server.stop()
