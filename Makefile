@@ -9,7 +9,7 @@ DEPS_HASH := $(shell cat pyproject.toml | sha256sum | cut -c1-12)
 CORE_STAMP := $(VENV)/.core-$(DEPS_HASH)
 TEST_STAMP := $(VENV)/.test-$(DEPS_HASH)
 
-.PHONY: run test install install-test index bench soak chromium clean
+.PHONY: run test lint install install-test index bench soak chromium clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,7 +42,17 @@ chromium:
 		if [ "$$(id -u)" = 0 ]; then APT=apt-get; else APT="sudo apt-get"; fi; \
 		$$APT update -qq && DEBIAN_FRONTEND=noninteractive $$APT install -y -qq chromium fonts-wqy-microhei >/dev/null; }
 
-test: install-test chromium
+# ruff over the whole tree; mypy over `qiao` and the layers below the front ends. mypy cannot follow
+# the package-dir mapping (qiao.corpus -> corpus/), so it checks a tree of links laid out as the wheel is.
+MYPY_LAYERS := corpus index retriever qa service
+lint: install-test
+	$(BIN)/ruff check .
+	rm -rf build/mypy && mkdir -p build/mypy/qiao
+	ln -s $(CURDIR)/qiao/*.py build/mypy/qiao/
+	for d in $(MYPY_LAYERS); do ln -s $(CURDIR)/$$d build/mypy/qiao/$$d; done
+	cd build/mypy && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml --cache-dir $(CURDIR)/.mypy_cache -p qiao
+
+test: install-test chromium lint
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q
 
 bench: install-test

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from qiao.api.deps import get_service
+from qiao.api.errors import register_error_handlers
 from qiao.api.logging_mw import install_request_logging
 from qiao.api.metrics import install_metrics
 from qiao.api.routes_admin import router as admin_router
@@ -37,6 +38,7 @@ def create_app(settings: Settings | None = None, service: QiaoService | None = N
         lifespan=lifespan,
     )
     app.state.service = service
+    register_error_handlers(app)
     app.dependency_overrides[get_service] = lambda: service
     app.include_router(core_router)
     app.include_router(ask_router, responses=error_responses(400, 404, 422, 503))  # POST /ask

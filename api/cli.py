@@ -13,11 +13,15 @@ import textwrap
 from contextlib import contextmanager
 from pathlib import Path
 
+from qiao.errors import Invalid, QiaoError, check_doc_ids
 from qiao.settings import Settings
 
 
-class CLIError(Exception):
-    """A user-facing failure: printed as one line, exit code 2."""
+class CLIError(Invalid):
+    """A usage mistake found by the CLI itself. Like every :class:`QiaoError` it is printed as one
+    ``qiao: error:`` line and exits with :attr:`QiaoError.exit_code` (2)."""
+
+    code = "usage"
 
 
 def _settings(args) -> Settings:
@@ -43,13 +47,8 @@ def _service(args):
 
 
 def _loaded_service(args):
-    from qiao.index.store import IndexLoadError
-
     service = _service(args)
-    try:
-        service.load()
-    except IndexLoadError as exc:
-        raise CLIError(str(exc)) from None
+    service.load()  # IndexLoadError (a QiaoError) says to run `qiao index`
     return service
 
 
@@ -93,7 +92,6 @@ def _writer_lock(service, timeout: float = 600):
 
 def _index_locked(args, service, corpus_dir: Path) -> int:
     from qiao.service.core import collect_documents
-    from qiao.index.store import IndexBusyError
 
     result = collect_documents(service.settings)
     for err in result.errors:
@@ -106,10 +104,7 @@ def _index_locked(args, service, corpus_dir: Path) -> int:
             print(f"index is up to date ({len(result.documents)} documents) at {service.settings.index_dir}")
             return 0
         print(f"rebuilding index: {reason}", file=sys.stderr)
-    try:
-        report = service.build(result.documents, progress=not args.quiet, log=lambda s: print(s, file=sys.stderr))
-    except IndexBusyError as exc:
-        raise CLIError(str(exc)) from None
+    report = service.build(result.documents, progress=not args.quiet, log=lambda s: print(s, file=sys.stderr))
     print(
         f"indexed {report.documents} documents, {report.chunks} chunks ({report.embedded} embedded, "
         f"{report.chunks - report.embedded} from cache) in {report.seconds:.1f}s -> {report.path}"
@@ -144,9 +139,7 @@ def cmd_search(args) -> int:
     req = _validated(SearchRequest, query=args.query, k=args.k, mode=args.mode, filters=filters)
     service = _loaded_service(args)
     snap = service.snapshot
-    for d in req.filters.doc_id or ():
-        if d not in snap.index.documents:
-            raise CLIError(f"unknown doc_id {d!r}")
+    check_doc_ids(snap.index.documents, req.filters.doc_id)
     t0 = time.perf_counter()
     hits = [h.to_dict() for h in snap.retriever.search(req.query, k=req.k, mode=req.mode, filters=req.filters.to_filters())]
     took = round((time.perf_counter() - t0) * 1000, 3)
@@ -181,17 +174,17 @@ def cmd_mcp(args) -> int:
     return 0
 
 
-def _update_error(exc: Exception) -> CLIError:
-    """One-line message for a failed add / remove (nothing was changed)."""
-    from qiao.service.core import LastDocumentError, UnknownDocumentError, UpdateError
-    from qiao.corpus.loader import DocumentError
-    from qiao.index.store import IndexBusyError
+@contextmanager
+def _nothing_changed():
+    """A failed add / remove changed nothing: say so after the service's message."""
+    from qiao.errors import UnknownDocument
 
-    if isinstance(exc, UnknownDocumentError):
-        return CLIError(f"unknown doc_id {exc.args[0]!r}: list documents with `qiao search` --json or GET /documents")
-    if isinstance(exc, (DocumentError, LastDocumentError, IndexBusyError, UpdateError)):
-        return CLIError(f"{exc}; nothing was changed")
-    raise exc
+    try:
+        yield
+    except UnknownDocument:
+        raise
+    except QiaoError as exc:
+        raise CLIError(f"{exc}; nothing was changed") from None
 
 
 def cmd_add(args) -> int:
@@ -210,13 +203,11 @@ def cmd_add(args) -> int:
             raise CLIError(f"{name}: cannot read ({exc.strerror or exc})") from None
     service = _service(args)
     limit = service.settings.max_upload_bytes
-    for (name, data), arg in zip(files, args.files):
+    for (_name, data), arg in zip(files, args.files):
         if len(data) > limit:
             raise CLIError(f"{arg}: {len(data)} bytes is over the upload limit of {limit} bytes (QIAO_MAX_UPLOAD_BYTES)")
-    try:
+    with _nothing_changed():
         report = service.add_documents(files, progress=not args.quiet)
-    except Exception as exc:  # noqa: BLE001 - mapped to one line; unknown errors re-raise
-        raise _update_error(exc) from None
     for d in report.documents:
         print(f"added {d['source']} as {d['doc_id']} ({d['chunks']} chunks, {d['lang']}, {d['title'][:60]!r})")
     print(f"index: {report.total_documents} documents, {report.total_chunks} chunks ({report.build.embedded} passages embedded)")
@@ -225,10 +216,8 @@ def cmd_add(args) -> int:
 
 def cmd_remove(args) -> int:
     service = _service(args)
-    try:
+    with _nothing_changed():
         report = service.remove_document(args.doc_id)
-    except Exception as exc:  # noqa: BLE001
-        raise _update_error(exc) from None
     d = report.documents[0]
     print(f"removed {d['doc_id']} ({d['source']}, {d['chunks']} chunks)")
     print(f"index: {report.total_documents} documents, {report.total_chunks} chunks")
@@ -244,15 +233,13 @@ def _ask_filters(args):
 
 
 def cmd_ask(args) -> int:
-    from qiao.api.routes_ask import AskRequest
+    from qiao.api.schemas import AskRequest
     from qiao.qa.pipeline import engine_for
 
     req = _validated(AskRequest, question=args.question, k=args.k, filters=_ask_filters(args))
     service = _loaded_service(args)
     snap = service.snapshot
-    for d in req.filters.doc_id or ():
-        if d not in snap.index.documents:
-            raise CLIError(f"unknown doc_id {d!r}")
+    check_doc_ids(snap.index.documents, req.filters.doc_id)
     answer = engine_for(snap, service.settings).ask(req.question, k=req.k, filters=req.filters.to_filters())
     if args.json:
         print(json.dumps(answer.to_dict(), ensure_ascii=False, indent=2))
@@ -318,37 +305,17 @@ def cmd_eval(args) -> int:
             import matplotlib  # noqa: F401
     except ImportError as exc:
         raise CLIError(f"qiao eval needs the 'eval' extra ({exc.name} is missing): pip install 'qiao[eval]'") from None
-    from qiao.eval.beir import DatasetError, load_beir
-    from qiao.eval.report import text_table, write_report
-    from qiao.eval.run import evaluate
-    from qiao.retriever.models import MODES
+    from qiao.eval.entry import run_retrieval_eval
 
-    modes = args.mode or ["bm25", "vector", "hybrid"]
-    for m in modes:
-        if m not in MODES:
-            raise CLIError(f"unknown mode {m!r}; use one of {', '.join(MODES)}")
-    if args.sample is not None and args.sample < 1:
-        raise CLIError("--sample must be at least 1")
-    try:
-        datasets = [load_beir(d, split=args.split) for d in args.dataset]
-    except DatasetError as exc:
-        raise CLIError(str(exc)) from None
     settings = _settings(args)
     progress = not args.quiet and not args.json and sys.stderr.isatty()
     log = (lambda s: None) if args.json or args.quiet else (lambda s: print(s, file=sys.stderr))
-    results = [
-        evaluate(ds, settings, modes, sample=args.sample, e2e_sample=args.latency_sample, rebuild=args.rebuild,
-                 progress=progress, log=log)
-        for ds in datasets
-    ]
-    if args.report:
-        md = write_report(results, Path(args.report), command="qiao " + " ".join(sys.argv[1:]))
-        log(f"report written to {md} (+ {md.with_name('modes.png').name}, results.json)")
-    if args.json:
-        payload = [r.to_dict(per_query_results=args.per_query) for r in results]
-        print(json.dumps(payload[0] if len(payload) == 1 else payload, ensure_ascii=False, indent=2))
-        return 0
-    print("\n\n".join(text_table(r) for r in results))
+    run = run_retrieval_eval(
+        args.dataset, settings, args.mode, split=args.split, sample=args.sample, e2e_sample=args.latency_sample,
+        rebuild=args.rebuild, report_dir=Path(args.report) if args.report else None,
+        command="qiao " + " ".join(sys.argv[1:]), progress=progress, log=log,
+    )
+    print(run.to_json(args.per_query) if args.json else run.text())
     return 0
 
 
@@ -434,9 +401,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except CLIError as exc:
+    except QiaoError as exc:  # the one CLI mapping of the error family: one line, its exit code
         print(f"qiao: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except BrokenPipeError:  # output piped into `head` and the like: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import Depends, HTTPException
+from fastapi import Depends
+
+from qiao.errors import NoIndex
 
 from qiao.service.core import QiaoService, Snapshot
 
@@ -16,5 +18,5 @@ def get_snapshot(service: QiaoService = Depends(get_service)) -> Snapshot:
     snap = service.snapshot
     if snap is None:
         detail = service.load_error or "no index is loaded"
-        raise HTTPException(status_code=503, detail=f"{detail} (build it with `qiao index`)")
+        raise NoIndex(f"{detail} (build it with `qiao index`)")
     return snap

@@ -19,17 +19,8 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from qiao.api.deps import get_service
 from qiao.api.schemas import DocumentMeta
-from qiao.service.core import (
-    DuplicateDocumentError,
-    LastDocumentError,
-    QiaoService,
-    UnknownDocumentError,
-    UpdateError,
-    UpdateReport,
-)
-from qiao.corpus.extract import SUPPORTED_SUFFIXES, UnsupportedFileType
-from qiao.corpus.loader import DocumentError
-from qiao.index.store import IndexBusyError
+from qiao.service.core import QiaoService, UpdateReport
+from qiao.corpus.extract import SUPPORTED_SUFFIXES
 
 router = APIRouter(tags=["manage"])
 
@@ -80,23 +71,6 @@ def _out(report: UpdateReport) -> UpdateOut:
         total_documents=report.total_documents, total_chunks=report.total_chunks, embedded=b.embedded,
         took_ms=round(b.seconds * 1000, 3), warnings=report.warnings,
     )
-
-
-def _update_errors(exc: Exception) -> HTTPException:
-    """Map service exceptions to HTTP errors; user mistakes are 4xx, never 500."""
-    if isinstance(exc, UnsupportedFileType):
-        return HTTPException(status_code=415, detail=str(exc))
-    if isinstance(exc, DuplicateDocumentError):
-        return HTTPException(status_code=409, detail=str(exc))
-    if isinstance(exc, DocumentError):
-        return HTTPException(status_code=422, detail=str(exc))
-    if isinstance(exc, LastDocumentError):
-        return HTTPException(status_code=409, detail=str(exc))
-    if isinstance(exc, IndexBusyError):
-        return HTTPException(status_code=503, detail=str(exc), headers={"Retry-After": "5"})
-    if isinstance(exc, UpdateError):
-        return HTTPException(status_code=500, detail=str(exc))
-    raise exc
 
 
 # --- upload ---------------------------------------------------------------------------
@@ -191,22 +165,16 @@ async def add_documents(request: Request, service: QiaoService = Depends(get_ser
             files.append((u.filename or "", data))
     finally:
         await form.close()
-    try:
-        report = await run_in_threadpool(service.add_documents, files, service.settings.http_write_wait)
-    except Exception as exc:  # noqa: BLE001 - mapped below; unknown errors re-raise
-        raise _update_errors(exc) from None
+    # the service's errors (bad file 422, unsupported type 415, duplicate 409, busy 503, failed
+    # rebuild 500) are answered by the QiaoError handler (api/errors.py)
+    report = await run_in_threadpool(service.add_documents, files, service.settings.http_write_wait)
     return _out(report)
 
 
 @router.delete("/documents/{doc_id}", response_model=UpdateOut, dependencies=[Depends(require_api_key)])
 def delete_document(doc_id: str, service: QiaoService = Depends(get_service)) -> UpdateOut:
     """Remove a document (uploaded, or one of the corpus directory: it stays removed across restarts)."""
-    try:
-        report = service.remove_document(doc_id, service.settings.http_write_wait)
-    except UnknownDocumentError:
-        raise HTTPException(status_code=404, detail=f"unknown doc_id {doc_id!r}: list documents with GET /documents") from None
-    except Exception as exc:  # noqa: BLE001
-        raise _update_errors(exc) from None
+    report = service.remove_document(doc_id, service.settings.http_write_wait)  # 404 / 409 / 503 / 500: api/errors.py
     return _out(report)
 
 
@@ -214,8 +182,5 @@ def delete_document(doc_id: str, service: QiaoService = Depends(get_service)) ->
 def reindex(service: QiaoService = Depends(get_service)) -> UpdateOut:
     """Rebuild the index from the documents on disk; only new or changed passages are embedded.
     Searches are answered from the current index until the new one is ready."""
-    try:
-        report = service.reindex(service.settings.http_write_wait)
-    except Exception as exc:  # noqa: BLE001
-        raise _update_errors(exc) from None
+    report = service.reindex(service.settings.http_write_wait)
     return _out(report)

@@ -5,30 +5,15 @@ from __future__ import annotations
 import time
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field
 
 from qiao.api.deps import get_service, get_snapshot
-from qiao.api.routes_core import check_doc_ids
-from qiao.api.schemas import HitOut, SearchFilters, _check_text
+from qiao.api.schemas import AskRequest, HitOut
+from qiao.errors import check_doc_ids
 from qiao.service.core import QiaoService, Snapshot
 from qiao.qa.pipeline import engine_for
 
 router = APIRouter()
-
-
-class AskRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    question: str = Field(
-        ..., description="English or Chinese (Simplified or Traditional)", examples=["which regions allow stem cell clinical trials"]
-    )
-    k: int = Field(8, ge=1, le=100, strict=True, description="evidence chunks to answer from, 1..100")
-    filters: SearchFilters = Field(default_factory=SearchFilters)
-
-    @field_validator("question")
-    @classmethod
-    def _question(cls, v: str) -> str:
-        return _check_text(v, "question")
 
 
 class CitationOut(BaseModel):
@@ -61,7 +46,7 @@ def ask(
     ``answerable`` is false when the documents do not answer the question; ``hits`` then still
     shows the nearest passages."""
     t0 = time.perf_counter()
-    check_doc_ids(snap, req.filters.doc_id)
+    check_doc_ids(snap.index.documents, req.filters.doc_id)
     answer = engine_for(snap, service.settings).ask(req.question, k=req.k, filters=req.filters.to_filters())
     out = answer.to_dict()
     out["took_ms"] = round((time.perf_counter() - t0) * 1000, 3)

@@ -17,6 +17,7 @@ from qiao.api.schemas import (
     SearchResponse,
     error_responses,
 )
+from qiao.errors import UnknownDocument, check_doc_ids
 from qiao.service.core import QiaoService, Snapshot
 
 router = APIRouter()
@@ -37,17 +38,11 @@ def health(service: QiaoService = Depends(get_service)) -> HealthResponse:
     )
 
 
-def check_doc_ids(snap: Snapshot, doc_ids: list[str] | None) -> None:
-    for d in doc_ids or ():
-        if d not in snap.index.documents:
-            raise HTTPException(status_code=404, detail=f"unknown doc_id {d!r} in filters: list documents with GET /documents")
-
-
 @router.post("/search", response_model=SearchResponse, tags=["search"], responses=error_responses(400, 404, 422, 503))
 def search(req: SearchRequest, snap: Snapshot = Depends(get_snapshot)) -> SearchResponse:
     """Ranked passages for a query in English or Chinese, with their exact offsets into the source."""
     t0 = time.perf_counter()
-    check_doc_ids(snap, req.filters.doc_id)
+    check_doc_ids(snap.index.documents, req.filters.doc_id)
     hits = snap.retriever.search(req.query, k=req.k, mode=req.mode, filters=req.filters.to_filters())
     return SearchResponse(
         query=req.query, mode=req.mode, took_ms=round((time.perf_counter() - t0) * 1000, 3),
@@ -82,7 +77,7 @@ def get_document(
     """The original text and metadata; with ``start``/``end``, the span marked with its line numbers."""
     doc = snap.index.documents.get(doc_id)
     if doc is None:
-        raise HTTPException(status_code=404, detail=f"unknown doc_id {doc_id!r}: list documents with GET /documents")
+        raise UnknownDocument(doc_id)
     span = None
     if start is not None or end is not None:
         if start is None or end is None:

@@ -33,6 +33,7 @@ from starlette.concurrency import run_in_threadpool
 
 from qiao.api.deps import get_service
 from qiao.api.schemas import MAX_QUERY_CHARS, SearchFilters
+from qiao.errors import NoIndex, QiaoError, UnknownDocument, check_doc_ids, openai_error_fields
 from qiao.service.core import QiaoService
 from qiao.corpus.gazetteer import find_region_mentions, get_region
 from qiao.corpus.lang import cjk_count, detect_lang
@@ -60,6 +61,12 @@ class OpenAIError(Exception):
     def response(self) -> JSONResponse:
         body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
         return JSONResponse(body, status_code=self.status)
+
+    @classmethod
+    def of(cls, exc: QiaoError, param: str | None = None) -> "OpenAIError":
+        """The OpenAI shape of one of the service's errors (the one mapping: qiao.errors.openai_error_fields)."""
+        f = openai_error_fields(exc)
+        return cls(f["message"], status=f["status"], param=param, code=f["code"], type=f["type"])
 
 
 # --- request parsing -----------------------------------------------------------------------------
@@ -383,13 +390,16 @@ async def chat_completions(request: Request, service: QiaoService = Depends(get_
         snap = service.snapshot
         if snap is None:
             detail = service.load_error or "no index is loaded"
-            raise OpenAIError(f"{detail} (build it with `qiao index`)", status=503, type="server_error", code="index_unavailable")
-        for d in req.filters.doc_id or ():
-            if d not in snap.index.documents:
-                raise OpenAIError(f"unknown doc_id {d!r} in filters: list documents with GET /documents", status=404, param="filters.doc_id", code="not_found")
+            raise OpenAIError.of(NoIndex(f"{detail} (build it with `qiao index`)"))
+        try:
+            check_doc_ids(snap.index.documents, req.filters.doc_id)
+        except UnknownDocument as exc:
+            raise OpenAIError.of(exc, param="filters.doc_id") from None
         question = resolve_question(req.messages)
         try:
             answer = await run_in_threadpool(_ask, service, snap, question, req.k, req.filters)
+        except QiaoError as exc:
+            raise OpenAIError.of(exc) from None
         except Exception as exc:  # noqa: BLE001 - answered in the OpenAI shape rather than a bare 500
             raise OpenAIError(f"the answer pipeline failed: {type(exc).__name__}: {exc}", status=500, type="server_error") from exc
     except OpenAIError as exc:

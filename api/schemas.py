@@ -74,6 +74,22 @@ class SearchRequest(BaseModel):
         return _check_text(v, "query")
 
 
+# The /ask request, shared by the route and `qiao ask` (one validation for both).
+class AskRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    question: str = Field(
+        ..., description="English or Chinese (Simplified or Traditional)", examples=["which regions allow stem cell clinical trials"]
+    )
+    k: int = Field(8, ge=1, le=100, strict=True, description="evidence chunks to answer from, 1..100")
+    filters: SearchFilters = Field(default_factory=SearchFilters)
+
+    @field_validator("question")
+    @classmethod
+    def _question(cls, v: str) -> str:
+        return _check_text(v, "question")
+
+
 class HitScores(BaseModel):
     bm25: float | None
     vector: float | None

@@ -264,11 +264,12 @@ def _heading_candidate(line: _Line) -> bool:
     c = line.clean
     if line.date or not c or "\n" in c or c[-1] in _HEADING_END_PUNCT:
         return False
-    if not _HAS_LETTER_RE.search(c):
+    letter = _HAS_LETTER_RE.search(c)
+    if letter is None:
         return False
     if detect_lang(c) == "zh":
         return len(c) <= _HEADING_MAX_ZH
-    first = _HAS_LETTER_RE.search(c).group()
+    first = letter.group()
     return len(c) <= _HEADING_MAX_EN and not first.islower()
 
 
@@ -302,7 +303,7 @@ def _headings(lines: list[_Line]) -> list[bool]:
 # --- chunking -------------------------------------------------------------------------------
 
 
-def chunk_document(doc: Document, chunk_size: int = 400, chunk_overlap: int = 80) -> list[Chunk]:
+def chunk_document(doc: Document, chunk_size: int, chunk_overlap: int) -> list[Chunk]:
     """Chunks of ``doc`` in document order (see the module docstring for the rules).
 
     Offsets are exact: ``doc.text[c.start:c.end]`` is the chunk's span and

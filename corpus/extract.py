@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath, PureWindowsPath
 
+from qiao.errors import Unsupported
 from qiao.corpus.loader import DocumentError, decode_bytes, document_from_text
 from qiao.corpus.models import Document
 
@@ -29,8 +30,11 @@ _CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
 _BLANK_RUN_RE = re.compile(r"\n{3,}")
 
 
-class UnsupportedFileType(DocumentError):
-    """The file's type (by extension) is not one Qiao can extract text from."""
+class UnsupportedFileType(DocumentError, Unsupported):
+    """The file's type (by extension) is not one Qiao can extract text from (HTTP 415)."""
+
+    code = Unsupported.code
+    http_status = Unsupported.http_status
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from qiao.errors import Invalid
 from qiao.corpus.metadata import extract_metadata
 from qiao.corpus.models import Document
 
@@ -23,12 +24,14 @@ _MAX_CONTROL_SHARE = 0.1
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0e-\x1f]")
 
 
-class DocumentError(Exception):
-    """A file (or uploaded text) that cannot become a :class:`Document`.
+class DocumentError(Invalid):
+    """A file (or uploaded text) that cannot become a :class:`Document` (HTTP 422).
 
     Attributes: ``source`` (file name or path), ``reason`` (why), ``line`` (1-based line
     of the problem when there is one).
     """
+
+    code = "invalid_document"
 
     def __init__(self, source: str, reason: str, line: int | None = None):
         self.source = source

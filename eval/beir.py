@@ -15,10 +15,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from qiao.errors import Invalid
 from qiao.index.store import sha256_file
 
 
-class DatasetError(ValueError):
+class DatasetError(Invalid):
     """The dataset is missing a file or has a malformed line. ``str(exc)`` says ``file:line: what``."""
 
 

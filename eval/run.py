@@ -19,7 +19,6 @@ into several chunks is represented by its best chunk (max), the usual MaxP conve
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import time
@@ -35,16 +34,12 @@ from qiao.corpus.models import Document
 from qiao.eval.beir import BeirDataset
 from qiao.eval.metrics import METRICS, per_query
 from qiao.index.embedders import CachedEmbedder, make_embedder, text_key
-from qiao.index.store import LoadedIndex, build_index, current_build, load_index
+from qiao.index.store import LoadedIndex, build_index, current_build, index_fingerprint, load_index
 from qiao.retriever.hybrid import HybridRetriever
 from qiao.retriever.models import MODES
 
 RUN_DEPTH = 100
 """Documents kept per query (Recall@100 needs 100)."""
-
-# Code whose change changes the chunks or tokens of an eval index (part of its fingerprint),
-# so an eval never silently reuses an index built by older chunking / analysis rules.
-_INDEX_CODE = ("corpus/chunking.py", "corpus/cleaning.py", "corpus/lang.py", "corpus/gazetteer.py", "index/store.py")
 
 
 # ----------------------------------------------------------------------------- documents
@@ -71,27 +66,9 @@ def beir_documents(dataset: BeirDataset) -> list[Document]:
     return docs
 
 
-def index_fingerprint(dataset: BeirDataset, settings, model_id: str) -> str:
-    """Hash of everything that shapes the eval index: corpus bytes, index settings, embedder,
-    analyser fingerprint and the chunking code."""
-    from qiao.index.analysers import analyser_fingerprint
-    from qiao.settings import PROJECT_ROOT
-
-    h = hashlib.sha256()
-    h.update(dataset.corpus_sha256.encode())
-    h.update(json.dumps(settings.index_affecting(), sort_keys=True).encode())
-    h.update(model_id.encode())
-    h.update(analyser_fingerprint().encode())
-    for rel in _INDEX_CODE:
-        p = PROJECT_ROOT / rel
-        if p.is_file():
-            h.update(p.read_bytes())
-    return h.hexdigest()[:12]
-
-
 def eval_index_dir(dataset: BeirDataset, settings, model_id: str) -> Path:
     """``<data_dir>/eval/<dataset name>-<fingerprint>``: separate from the production index."""
-    return Path(settings.data_dir) / "eval" / f"{dataset.name}-{index_fingerprint(dataset, settings, model_id)}"
+    return Path(settings.data_dir) / "eval" / f"{dataset.name}-{index_fingerprint(settings, model_id, dataset.corpus_sha256)[:12]}"
 
 
 def ensure_index(
@@ -228,7 +205,7 @@ def run_mode(
     run_deep: dict[str, list[str]] = {}
     times: list[float] = []
     index = retriever.index
-    same = max(retriever.settings.candidate_depth, 3 * k) >= max(retriever.settings.candidate_depth, 3 * depth_docs)
+    same = retriever.depth(k) >= retriever.depth(depth_docs)
     for qid, text, qv in tqdm(
         list(zip(query_ids, query_texts, query_vectors)), desc=f"{mode:>6}", unit="query", disable=not progress, leave=False
     ):
@@ -262,7 +239,7 @@ def e2e_latency(retriever: HybridRetriever, texts: Sequence[str], mode: str, k: 
     inner = getattr(retriever.embedder, "inner", None)
     for t in texts:
         if inner is not None:
-            retriever.embedder._queries.pop(t, None)  # noqa: SLF001 - measure a cold query
+            retriever.embedder.forget_queries([t])  # measure a cold query
         t0 = time.perf_counter()
         retriever.search(t, k=k, mode=mode)
         times.append((time.perf_counter() - t0) * 1000)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,21 +128,19 @@ GRIDS: dict[str, list[dict]] = {
 }
 
 
-def _analyser_overrides(args) -> None:
-    """Analyser variants are module constants of index.analysers (read when tokens are made, and
-    part of analyser_fingerprint, so each variant gets its own eval index; vectors stay cached)."""
-    from qiao.index import analysers
-
+def _analyser_overrides(args) -> dict:
+    """Settings overrides for the analyser variant of this run (``QIAO_ANALYSER_*`` fields; part of
+    the index fingerprint, so each variant gets its own eval index while vectors stay cached)."""
+    out: dict = {}
     if args.chinese_mode:
-        analysers.CHINESE_MODE = args.chinese_mode
+        out["analyser_chinese_mode"] = args.chinese_mode
     if args.jieba_hmm:
-        analysers.JIEBA_HMM = args.jieba_hmm == "on"
+        out["analyser_jieba_hmm"] = args.jieba_hmm == "on"
     if args.no_user_dict:
-        empty = Path(tempfile.mkdtemp()) / "empty_user_dict.txt"
-        empty.write_text("", encoding="utf-8")
-        analysers.USER_DICT_PATH = empty
-    if args.chinese_mode or args.jieba_hmm or args.no_user_dict:
-        print(f"analyser: mode={analysers.CHINESE_MODE} hmm={analysers.JIEBA_HMM} user_dict={analysers.USER_DICT_PATH}", file=sys.stderr)
+        out["analyser_user_dict"] = False
+    if out:
+        print(f"analyser: {out}", file=sys.stderr)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,16 +152,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="extra override for every variant")
     ap.add_argument("--sample", type=int, default=None, help="seeded sample of N queries per dataset")
     ap.add_argument("--out", help="write all results as JSON here")
-    ap.add_argument("--chinese-mode", choices=["search", "precise"], help="index.analysers.CHINESE_MODE for this run")
-    ap.add_argument("--jieba-hmm", choices=["on", "off"], help="index.analysers.JIEBA_HMM for this run")
+    ap.add_argument("--chinese-mode", choices=["search", "precise"], help="Settings.analyser_chinese_mode for this run")
+    ap.add_argument("--jieba-hmm", choices=["on", "off"], help="Settings.analyser_jieba_hmm for this run")
     ap.add_argument("--no-user-dict", action="store_true", help="run without index/data/user_dict.txt")
     args = ap.parse_args(argv)
-    _analyser_overrides(args)
+    analyser = _analyser_overrides(args)
     extra = {}
     for kv in args.set:
         k, _, v = kv.partition("=")
         extra[k] = json.loads(v)
-    tuner = Tuner(args.datasets, args.sample, Settings())
+    tuner = Tuner(args.datasets, args.sample, Settings(**analyser))
     names = [d.ds.name for d in tuner.data]
     print("variant".ljust(64) + "".join(n[:22].rjust(24) for n in names) + "   min margin")
     rows = []

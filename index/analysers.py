@@ -28,7 +28,10 @@ import unicodedata
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
-from typing import Iterable, Literal, Sequence
+from typing import Iterable, Sequence
+
+from qiao.config import AnalyserConfig
+from qiao.settings import Settings
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 USER_DICT_PATH = DATA_DIR / "user_dict.txt"
@@ -38,8 +41,13 @@ STOPWORDS_ZH_PATH = DATA_DIR / "stopwords_zh.txt"
 ANALYSER_VERSION = "1"
 """Bump when the code below changes its output (part of :func:`analyser_fingerprint`)."""
 
-CHINESE_MODE: Literal["search", "precise"] = "search"
-"""How Chinese words are emitted.
+_config = AnalyserConfig.of(Settings.model_construct())
+"""The analyser's options in force. They are Settings fields (``QIAO_ANALYSER_*``), put in force
+once per process by :func:`configure` (the service and the eval do it from their Settings); until
+then the Settings defaults apply. Each option is part of :func:`analyser_fingerprint`, so an index
+built with other options is stale.
+
+``chinese_mode`` -- how Chinese words are emitted.
 
 "search" (default): every jieba word, followed by the words inside it (e.g. 间充质干细胞 ->
 间充质干细胞, 干细胞, 细胞). jieba's dictionary holds many long compounds (深圳市人大常委会,
@@ -50,12 +58,31 @@ with the exact compound scores higher. This is jieba's ``cut_for_search`` idea, 
 hierarchical decomposition instead of its 2/3-gram scan (see :func:`_subwords`).
 
 "precise": jieba's accurate mode only (fewer, longer tokens; higher precision, lower recall).
-"""
 
-JIEBA_HMM = False
-"""Whether jieba guesses unknown words with its HMM. Off: an out-of-vocabulary name such as
-骆文智 then falls into single characters in documents and queries alike, while with the HMM
-its segmentation depends on the characters around it, so a query could miss the document."""
+``jieba_hmm`` -- whether jieba guesses unknown words with its HMM. Off: an out-of-vocabulary name
+such as 骆文智 then falls into single characters in documents and queries alike, while with the
+HMM its segmentation depends on the characters around it, so a query could miss the document.
+
+``user_dict`` -- whether the domain user dictionary (``data/user_dict.txt``) is loaded into jieba.
+"""
+_config_lock = threading.Lock()
+
+
+def configure(config: AnalyserConfig) -> None:
+    """Put the analyser options in force for this process (a no-op when they are already)."""
+    global _config, _jieba
+    with _config_lock:
+        if config == _config:
+            return
+        if config.user_dict != _config.user_dict:
+            _jieba = None  # rebuilt with (or without) the user dictionary
+            _subwords.cache_clear()
+            _segment_cached.cache_clear()
+        _config = config
+
+
+def current_config() -> AnalyserConfig:
+    return _config
 
 MAX_LATIN_TOKEN_CHARS = 64
 """Longer latin "words" (base64, hashes, glued junk) are dropped: they never match a query."""
@@ -104,6 +131,8 @@ def chinese_stopwords() -> frozenset[str]:
 def user_dictionary() -> list[tuple[str, int | None]]:
     """``(word, frequency or None)`` pairs of the jieba user dictionary, words folded to Simplified."""
     out: list[tuple[str, int | None]] = []
+    if not _config.user_dict:
+        return []
     for line in _read_word_list(USER_DICT_PATH):
         parts = line.split()
         freq = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
@@ -269,7 +298,7 @@ def tokenize(text: str) -> list[str]:
     """BM25 tokens of mixed English / Chinese (Simplified or Traditional) text.
 
     Returns a list of str in text order, duplicates kept (term frequency matters): Chinese
-    words in Simplified (plus sub-words, see :data:`CHINESE_MODE`), English words lowercased
+    words in Simplified (plus sub-words, see ``chinese_mode`` above), English words lowercased
     and Snowball-stemmed ("Trials" -> "trial", "therapies" -> "therapi"), numbers as written
     ("2023"), hyphenated words whole and in parts ("CAR-T" -> "car-t", "car"). Never raises on
     str input; empty / symbol-only input gives ``[]``.
@@ -277,13 +306,14 @@ def tokenize(text: str) -> list[str]:
     if not text:
         return []
     text = _APOSTROPHE_RE.sub("", normalize(text))
+    cfg = _config
     en_stop = english_stopwords()
     out: list[str] = []
     latin_at: list[int] = []  # positions in ``out`` holding unstemmed latin words
     for m in _TOKEN_RE.finditer(text):
         run = m.group("zh")
         if run is not None:
-            out.extend(_segment(run, CHINESE_MODE, JIEBA_HMM))
+            out.extend(_segment(run, cfg.chinese_mode, cfg.jieba_hmm))
         else:
             for w in _latin_words(m.group("w").lower(), en_stop):
                 latin_at.append(len(out))
@@ -335,8 +365,10 @@ def analyser_fingerprint() -> str:
     Store it in the index manifest: an index built with another fingerprint has other tokens.
     """
     h = hashlib.sha256()
-    h.update(f"v{ANALYSER_VERSION}|{CHINESE_MODE}|hmm={JIEBA_HMM}|max={MAX_LATIN_TOKEN_CHARS}".encode())
-    for path in (USER_DICT_PATH, STOPWORDS_EN_PATH, STOPWORDS_ZH_PATH):
+    cfg = _config
+    h.update(f"v{ANALYSER_VERSION}|{cfg.chinese_mode}|hmm={cfg.jieba_hmm}|max={MAX_LATIN_TOKEN_CHARS}".encode())
+    h.update(USER_DICT_PATH.read_bytes() if cfg.user_dict else b"")
+    for path in (STOPWORDS_EN_PATH, STOPWORDS_ZH_PATH):
         h.update(path.read_bytes())
     for dist in ("jieba", "opencc", "PyStemmer"):
         try:

@@ -9,6 +9,8 @@ from typing import Sequence
 import bm25s
 import numpy as np
 
+from qiao.index.backend import BM25_B, BM25_K1, TermStats
+
 # bm25s warns on every empty query; we handle empty queries ourselves.
 logging.getLogger("bm25s").setLevel(logging.ERROR)
 
@@ -19,9 +21,10 @@ class BM25Index:
     def __init__(self, model: bm25s.BM25, n_docs: int):
         self.model = model
         self.n_docs = n_docs
+        self._stats: TermStats | None = None
 
     @classmethod
-    def build(cls, corpus_tokens: Sequence[list[str]], k1: float = 1.2, b: float = 0.75) -> "BM25Index":
+    def build(cls, corpus_tokens: Sequence[Sequence[str]], k1: float = BM25_K1, b: float = BM25_B) -> "BM25Index":
         model = bm25s.BM25(k1=k1, b=b, method="lucene")
         # an empty token list still needs a row, or document numbering would shift
         model.index([list(t) for t in corpus_tokens], show_progress=False)
@@ -40,6 +43,19 @@ class BM25Index:
         if extra and extra_weight > 0:
             out = out + np.float32(extra_weight) * self.scores(extra)
         return out
+
+    def term_stats(self) -> TermStats:
+        """Document frequency of every vocabulary token, read from the sparse score matrix
+        (bm25s stores it column-per-token in CSC form: ``indptr[t+1] - indptr[t]`` rows hold ``t``)."""
+        if self._stats is None:
+            model = self.model
+            self._stats = TermStats(
+                n=int(self.n_docs),
+                vocab=dict(model.vocab_dict),
+                doc_freq=np.diff(np.asarray(model.scores["indptr"])).astype(np.int64),
+                k1=float(getattr(model, "k1", BM25_K1)),
+            )
+        return self._stats
 
     def save(self, directory: Path) -> None:
         self.model.save(str(directory), show_progress=False)

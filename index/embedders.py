@@ -20,19 +20,34 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from qiao import metrics
+from qiao.errors import Unavailable
 
 
-class EmbedderError(RuntimeError):
+class EmbedderError(Unavailable):
     """The embedder could not be created (missing package, unknown model, ...)."""
 
 
 class Embedder(Protocol):
+    """A model: texts -> ``(len(texts), dim)`` float32 L2-normalised vectors."""
+
     model_id: str
     dim: int
 
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray: ...
 
     def embed_passages(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+class IndexEmbedder(Protocol):
+    """What :func:`qiao.index.store.build_index` embeds with (:class:`CachedEmbedder`): passages in
+    batches of ``batch_size`` with an optional progress bar, and ``last_embedded``, how many of
+    the last call's passages were actually embedded (the rest came from a cache)."""
+
+    model_id: str
+    dim: int
+    last_embedded: int
+
+    def embed_passages(self, texts: Sequence[str], batch_size: int, progress: bool) -> np.ndarray: ...
 
 
 def _normalise(vectors: np.ndarray) -> np.ndarray:
@@ -94,6 +109,8 @@ class SentenceTransformerEmbedder:
         self.passage_prefix = passage_prefix
         self.batch_size = batch_size
         dim = self._model.get_sentence_embedding_dimension()
+        if dim is None:
+            raise EmbedderError(f"sentence-transformers model {model!r} does not report its embedding dimension")
         self.dim = int(dim)
         name = Path(model).name if os.path.isdir(model) else model
         self.model_id = f"st/{name}|q={query_prefix!r}|p={passage_prefix!r}"
@@ -194,6 +211,13 @@ class CachedEmbedder:
         self._query_cache_size = query_cache_size
         self._lock = threading.Lock()
         self.last_embedded = 0  # passages actually embedded by the last embed_passages call
+
+    def forget_queries(self, texts: Sequence[str]) -> None:
+        """Drop these queries from the in-memory cache (the next embed_queries embeds them: the
+        eval times cold queries this way)."""
+        with self._lock:
+            for t in texts:
+                self._queries.pop(t, None)
 
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), np.float32)

@@ -5,8 +5,7 @@ An English query "stem cell clinical trials" gets the (down-weighted) Chinese to
 "cell", "therapi". Sources:
 
 * ``index/data/glossary.tsv``: domain terms, ``english<TAB>simplified<TAB>alias|alias|~match-only``;
-* regions from :mod:`corpus.gazetteer` (``all_regions()``), or ``index/data/regions_fallback.tsv``
-  when the gazetteer cannot be imported.
+* regions from :mod:`corpus.gazetteer` (``all_regions()``).
 
 Matching: English phrases on stemmed word sequences (:func:`index.analysers.match_keys`, so
 "stem cells" == "stem cell"), greedy longest match from the left; Chinese on the NFKC +
@@ -16,22 +15,20 @@ Everything is compiled once, lazily; :func:`reload_glossary` rebuilds.
 
 from __future__ import annotations
 
-import logging
 import re
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from qiao.corpus.gazetteer import all_regions
 from qiao.index.analysers import DATA_DIR, match_keys, normalize, tokenize
 
 GLOSSARY_PATH = DATA_DIR / "glossary.tsv"
-FALLBACK_REGIONS_PATH = DATA_DIR / "regions_fallback.tsv"
 
 MIN_ZH_CHARS = 2
 """Shorter Chinese terms are never matched (a single character such as 津 or 省 is everywhere)."""
 
-logger = logging.getLogger(__name__)
 
 _CJK_RE = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f]")
 
@@ -91,34 +88,23 @@ def _read_tsv(path: Path, kind: str) -> list[GlossaryEntry]:
     return entries
 
 
-def _gazetteer_regions() -> list[GlossaryEntry] | None:
-    """Regions of :mod:`corpus.gazetteer` as entries, or None when it is unavailable."""
-    try:
-        from qiao.corpus import gazetteer  # imported lazily: optional, and corpus must not need index
-
-        regions = list(gazetteer.all_regions())
-    except Exception as exc:  # missing module, half-written module, bad data: fall back
-        logger.warning("corpus.gazetteer unavailable (%s: %s); using %s", type(exc).__name__, exc, FALLBACK_REGIONS_PATH.name)
-        return None
+def _gazetteer_regions() -> list[GlossaryEntry]:
+    """Regions of :mod:`corpus.gazetteer` with an English and a Chinese name, as entries."""
     entries = []
-    for r in regions:
-        en = (getattr(r, "en", "") or "").strip()
-        zh = normalize((getattr(r, "zh_hans", "") or getattr(r, "zh_hant", "") or "").strip())
+    for r in all_regions():
+        en = (r.en or "").strip()
+        zh = normalize((r.zh_hans or r.zh_hant or "").strip())
         if not en or not _is_zh(zh):
             continue
-        extra = [getattr(r, "zh_hant", "") or "", *(getattr(r, "aliases", ()) or ())]
+        extra = [r.zh_hant or "", *(r.aliases or ())]
         aliases = tuple(dict.fromkeys(a.strip() for a in extra if isinstance(a, str) and a.strip() and a.strip() not in (en, zh)))
         entries.append(GlossaryEntry(en, zh, aliases=aliases, kind="region"))
-    return entries or None
+    return entries
 
 
 def load_entries() -> list[GlossaryEntry]:
-    """All glossary entries: domain terms (glossary.tsv) first, then regions (gazetteer or fallback)."""
-    entries = _read_tsv(GLOSSARY_PATH, "term")
-    regions = _gazetteer_regions()
-    if regions is None:
-        regions = _read_tsv(FALLBACK_REGIONS_PATH, "region")
-    return entries + regions
+    """All glossary entries: domain terms (glossary.tsv) first, then the gazetteer's regions."""
+    return _read_tsv(GLOSSARY_PATH, "term") + _gazetteer_regions()
 
 
 # ----------------------------------------------------------------------------- compiling

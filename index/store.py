@@ -30,8 +30,13 @@ from filelock import FileLock, Timeout
 
 from qiao.corpus.chunking import chunk_document
 from qiao.corpus.models import Chunk, Document
+from qiao.errors import Busy, NoIndex
+from qiao.config import AnalyserConfig
 from qiao.index.analysers import analyser_fingerprint, tokenize_many
+from qiao.index.analysers import configure as configure_analyser
+from qiao.index.backend import TermStats
 from qiao.index.bm25 import BM25Index
+from qiao.index.embedders import IndexEmbedder
 from qiao.index.vectors import VectorIndex
 
 SCHEMA_VERSION = 1
@@ -39,24 +44,29 @@ MANIFEST = "manifest.json"
 DATA_FILES = ("documents.jsonl", "chunks.jsonl", "vectors.faiss")
 
 
-class IndexLoadError(RuntimeError):
+class IndexLoadError(NoIndex):
     """The index is missing, corrupt, or was built with other settings. The message says what to do."""
 
 
-class IndexBusyError(RuntimeError):
+class IndexBusyError(Busy):
     """Another process is writing the index."""
 
 
-@lru_cache(maxsize=1)
 def pipeline_fingerprint() -> str:
     """Identifies the code and data that turn documents into chunks and tokens.
 
     Part of the manifest's settings, so a change to the chunker, the gazetteer or the
-    analysers makes the index stale (embeddings are still reused from the cache).
+    analysers (code, data or options) makes the index stale (embeddings are still reused from
+    the cache).
     """
+    return _pipeline_fingerprint(analyser_fingerprint())
+
+
+@lru_cache(maxsize=8)
+def _pipeline_fingerprint(analyser: str) -> str:
     from qiao import corpus
 
-    h = hashlib.sha256(analyser_fingerprint().encode())
+    h = hashlib.sha256(analyser.encode())
     root = Path(corpus.__file__).parent
     for p in sorted([*root.glob("*.py"), *(root / "data").glob("*")]):
         if p.is_file():
@@ -66,8 +76,21 @@ def pipeline_fingerprint() -> str:
 
 
 def index_settings(settings) -> dict:
-    """Everything that, when changed, makes a built index stale."""
+    """Everything that, when changed, makes a built index stale (puts the settings' analyser
+    options in force first, so the pipeline fingerprint is theirs)."""
+    configure_analyser(AnalyserConfig.of(settings))
     return {**settings.index_affecting(), "pipeline": pipeline_fingerprint()}
+
+
+def index_fingerprint(settings, model_id: str, corpus_id: str) -> str:
+    """The one fingerprint of a would-be index: hex sha256 of its index settings (chunking, HNSW,
+    embedder, pipeline code and analyser options), the embedder's model id and ``corpus_id`` (what
+    identifies the documents: :func:`corpus_fingerprint` or a dataset's sha256)."""
+    h = hashlib.sha256()
+    h.update(f"schema={SCHEMA_VERSION}\n".encode())
+    h.update(json.dumps(index_settings(settings), sort_keys=True).encode())
+    h.update(f"\n{model_id}\n{corpus_id}".encode())
+    return h.hexdigest()
 
 
 def corpus_fingerprint(documents: Sequence[Document], index_settings: dict) -> str:
@@ -100,13 +123,23 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
     """fsync a file or a directory (a directory's fsync makes renames inside it durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically: write a temporary beside it, fsync, rename."""
+    tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _write_jsonl(path: Path, rows) -> None:
@@ -136,14 +169,13 @@ class BuildReport:
 
 def build_index(
     documents: Sequence[Document],
-    embedder,
+    embedder: IndexEmbedder,
     root: Path,
     settings,
     *,
     progress: bool = True,
     log: Callable[[str], None] = lambda s: None,
     lock_timeout: float = 600,
-    _fail_after: str | None = None,  # test hook: raise after this step ("embed", "write")
 ) -> BuildReport:
     """Chunk, analyse, embed and write a new index under ``root``, then make it current.
 
@@ -152,6 +184,7 @@ def build_index(
     longer than ``lock_timeout`` seconds.
     """
     t0 = time.perf_counter()
+    configure_analyser(AnalyserConfig.of(settings))
     lock = writer_lock(root, lock_timeout)
     try:
         lock.acquire()
@@ -165,32 +198,27 @@ def build_index(
         chunks = chunk_documents(documents, settings.chunk_size, settings.chunk_overlap)
         log(f"{len(documents)} documents -> {len(chunks)} chunks")
         tokens = tokenize_many([bm25_text(c) for c in chunks])
-        try:
-            vectors = embedder.embed_passages([c.embed_text for c in chunks], batch_size=settings.embed_batch_size, progress=progress)
-        except TypeError:  # a bare embedder without the cache's keyword arguments
-            vectors = embedder.embed_passages([c.embed_text for c in chunks])
-        embedded = getattr(embedder, "last_embedded", len(chunks))
-        if _fail_after == "embed":
-            raise RuntimeError("injected failure after embedding")
+        vectors = embedder.embed_passages([c.embed_text for c in chunks], batch_size=settings.embed_batch_size, progress=progress)
+        embedded = embedder.last_embedded
 
         build_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
         tmp = builds / f".tmp-{build_id}"
         tmp.mkdir()
         _write_jsonl(tmp / "documents.jsonl", (asdict(d) for d in documents))
         _write_jsonl(tmp / "chunks.jsonl", (asdict(c) for c in chunks))
-        VectorIndex.build(vectors, settings.hnsw_threshold, settings.hnsw_m, settings.hnsw_ef_search).save(tmp / "vectors.faiss")
+        VectorIndex.build(
+            vectors, hnsw_threshold=settings.hnsw_threshold, hnsw_m=settings.hnsw_m, ef_search=settings.hnsw_ef_search
+        ).save(tmp / "vectors.faiss")
         BM25Index.build(tokens).save(tmp / "bm25")
-        if _fail_after == "write":
-            raise RuntimeError("injected failure while writing")
 
         files = {}
         for p in sorted(tmp.rglob("*")):
             if p.is_file():
-                _fsync(p)  # FAISS and bm25s write without fsync; a power cut must not leave holes
+                fsync_path(p)  # FAISS and bm25s write without fsync; a power cut must not leave holes
                 rel = p.relative_to(tmp).as_posix()
                 files[rel] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
         for d in sorted(x for x in tmp.rglob("*") if x.is_dir()):
-            _fsync(d)
+            fsync_path(d)
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "build_id": build_id,
@@ -207,14 +235,14 @@ def build_index(
             json.dump(manifest, f, indent=2, ensure_ascii=False)
             f.flush()
             os.fsync(f.fileno())
-        _fsync(tmp)
+        fsync_path(tmp)
         final = builds / build_id
         os.rename(tmp, final)
-        _fsync(builds)
+        fsync_path(builds)
         link_tmp = root / f".current-{build_id}"
         os.symlink(Path("builds") / build_id, link_tmp)
         os.replace(link_tmp, root / "current")  # the atomic switch
-        _fsync(root)
+        fsync_path(root)
         _remove_old_builds(root, keep={build_id})
         return BuildReport(final, build_id, len(documents), len(chunks), embedded, time.perf_counter() - t0)
     finally:
@@ -287,22 +315,134 @@ def stale_reason(root: Path, documents: Sequence[Document], settings, model_id: 
 
 @dataclass
 class LoadedIndex:
-    """An index in memory. Row ``i`` of every array is ``chunks[i]``."""
+    """An index in memory, the FAISS + bm25s :class:`~qiao.index.backend.SearchBackend`.
+
+    Row ``i`` of every array is ``chunks[i]``.
+    """
 
     path: Path
     manifest: dict
     documents: dict[str, Document]  # by doc_id, in corpus order
     chunks: list[Chunk]
     bm25: BM25Index
-    vectors: VectorIndex
+    vector_index: VectorIndex
     chunk_lang: np.ndarray  # (n,) '<U2' "en" / "zh"
     chunk_date: np.ndarray  # (n,) int32 yyyymmdd, 0 when the chunk has no date
     chunk_doc: np.ndarray  # (n,) '<U32' doc_id
     region_rows: dict[str, np.ndarray] = field(default_factory=dict)  # region key -> sorted row ids
+    _lang_masks: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
     def size(self) -> int:
         return len(self.chunks)
+
+    @property
+    def dim(self) -> int:
+        return self.vector_index.dim
+
+    @property
+    def languages(self) -> list[str]:
+        return sorted({str(x) for x in np.unique(self.chunk_lang)}) if self.size else []
+
+    def region_keys(self) -> list[str]:
+        return list(self.region_rows)
+
+    def select_rows(
+        self,
+        *,
+        lang: Sequence[str] | None = None,
+        doc_id: Sequence[str] | None = None,
+        region: Sequence[str] | None = None,
+        date_from: str | None = None,
+        date_to: str | None = None,
+    ) -> np.ndarray | None:
+        if not (lang or doc_id or region or date_from or date_to):
+            return None
+        mask = np.ones(self.size, dtype=bool)
+        if lang:
+            mask &= np.isin(self.chunk_lang, list(lang))
+        if doc_id:
+            mask &= np.isin(self.chunk_doc, list(doc_id))
+        if region:
+            region_mask = np.zeros(self.size, dtype=bool)
+            for r in region:
+                rows = self.region_rows.get(r)
+                if rows is not None:
+                    region_mask[rows] = True
+            mask &= region_mask
+        if date_from or date_to:
+            lo = int(date_from.replace("-", "")) if date_from else 0
+            hi = int(date_to.replace("-", "")) if date_to else 99999999
+            dates = self.chunk_date
+            mask &= (dates > 0) & (dates >= lo) & (dates <= hi)  # undated chunks fail a date filter
+        return mask
+
+    def _lang_mask(self, lang: str) -> np.ndarray:
+        m = self._lang_masks.get(lang)
+        if m is None:
+            m = self._lang_masks[lang] = self.chunk_lang == lang
+        return m
+
+    def dense_search(
+        self, query_vector: np.ndarray, k: int, *, lang: str | None = None, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if lang is None:
+            return self.vector_index.search(query_vector, k, allowed=allowed)
+        if allowed is None:  # a fixed row set: its FAISS selector is cached
+            return self.vector_index.search(query_vector, k, allowed=self._lang_mask(lang), cache_key=("lang", lang))
+        return self.vector_index.search(query_vector, k, allowed=self._lang_mask(lang) & allowed)
+
+    def vectors(self, rows: np.ndarray) -> np.ndarray:
+        return self.vector_index.reconstruct(rows)
+
+    def lexical_scores(self, tokens: Sequence[str], extra: Sequence[str] = (), extra_weight: float = 0.0) -> np.ndarray:
+        return self.bm25.weighted_scores(tokens, extra, extra_weight)
+
+    def term_stats(self) -> TermStats:
+        return self.bm25.term_stats()
+
+    def add_chunks(
+        self, chunks: Sequence[Chunk], vectors: np.ndarray, tokens: Sequence[Sequence[str]], documents: Sequence[Document] = ()
+    ) -> None:
+        if len(chunks) != len(vectors) or len(chunks) != len(tokens):
+            raise ValueError(f"{len(chunks)} chunks, {len(vectors)} vectors and {len(tokens)} token lists: they must match")
+        old_tokens = tokenize_many([bm25_text(c) for c in self.chunks])  # bm25s cannot add: re-index
+        self._set_rows([*self.chunks, *chunks], BM25Index.build([*old_tokens, *tokens]))
+        self.vector_index.add(vectors)
+        for d in documents:
+            self.documents[d.doc_id] = d
+
+    def delete_documents(self, doc_ids: Sequence[str]) -> int:
+        gone = np.flatnonzero(np.isin(self.chunk_doc, list(doc_ids)))
+        for d in doc_ids:
+            self.documents.pop(d, None)
+        if gone.size == 0:
+            return 0
+        keep = [c for c in self.chunks if c.doc_id not in set(doc_ids)]
+        self.vector_index.remove(gone)
+        self._set_rows(keep, BM25Index.build(tokenize_many([bm25_text(c) for c in keep])))
+        return int(gone.size)
+
+    def _set_rows(self, chunks: list[Chunk], bm25: BM25Index) -> None:
+        self.chunks = chunks
+        self.bm25 = bm25
+        meta = _row_metadata(chunks)
+        self.chunk_lang, self.chunk_date, self.chunk_doc, self.region_rows = meta
+        self._lang_masks = {}
+
+
+def _row_metadata(chunks: Sequence[Chunk]) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """``(chunk_lang, chunk_date, chunk_doc, region_rows)`` of these rows."""
+    region_lists: dict[str, list[int]] = {}
+    for i, c in enumerate(chunks):
+        for r in c.regions:
+            region_lists.setdefault(r, []).append(i)
+    return (
+        np.array([c.lang for c in chunks], dtype="<U2"),
+        np.array([_date_int(c.date) for c in chunks], dtype=np.int32),
+        np.array([c.doc_id for c in chunks], dtype="<U32"),
+        {r: np.array(v, dtype=np.int64) for r, v in region_lists.items()},
+    )
 
 
 def _date_int(date: str | None) -> int:
@@ -331,13 +471,20 @@ def check_files(build: Path, manifest: dict, verify: bool = True) -> None:
             raise IndexLoadError(f"index file {p} does not match its checksum (corrupt): {fix}")
 
 
-def load_index(root: Path, expect_model_id: str | None = None, expect_dim: int | None = None, verify: bool = True) -> LoadedIndex:
+def load_index(
+    root: Path,
+    expect_model_id: str | None = None,
+    expect_dim: int | None = None,
+    verify: bool = True,
+    ef_search: int | None = None,
+) -> LoadedIndex:
     """Load the current index under ``root``, checking it before trusting it.
 
+    ``ef_search``: HNSW search depth (``Settings.hnsw_ef_search``; None: the one built with).
     Raises :class:`IndexLoadError` with a message that says to run ``qiao index``.
     """
     try:
-        return _load_index(root, expect_model_id, expect_dim, verify)
+        return _load_index(root, expect_model_id, expect_dim, verify, ef_search)
     except OSError as exc:  # unreadable directory or file, I/O error: same answer, one line
         raise IndexLoadError(
             f"cannot read the index at {root} ({exc.strerror or exc}: {exc.filename or root}): "
@@ -362,7 +509,9 @@ def cleanup_if_idle(root: Path) -> list[str]:
         lock.release()
 
 
-def _load_index(root: Path, expect_model_id: str | None, expect_dim: int | None, verify: bool) -> LoadedIndex:
+def _load_index(
+    root: Path, expect_model_id: str | None, expect_dim: int | None, verify: bool, ef_search: int | None
+) -> LoadedIndex:
     fix = "run `qiao index` to rebuild it"
     cleanup_if_idle(root)
     build = current_build(root)
@@ -405,7 +554,7 @@ def _load_index(root: Path, expect_model_id: str | None, expect_dim: int | None,
         n = len(chunks)
         if n != manifest.get("chunks") or len(documents) != manifest.get("documents"):
             raise ValueError(f"{n} chunks / {len(documents)} documents on disk, manifest says {manifest.get('chunks')} / {manifest.get('documents')}")
-        vectors = VectorIndex.load(build / "vectors.faiss")
+        vectors = VectorIndex.load(build / "vectors.faiss", ef_search)
         if vectors.size != n or vectors.dim != emb.get("dim"):
             raise ValueError(f"vector index holds {vectors.size}x{vectors.dim}, expected {n}x{emb.get('dim')}")
         bm25 = BM25Index.load(build / "bm25", n)
@@ -414,19 +563,16 @@ def _load_index(root: Path, expect_model_id: str | None, expect_dim: int | None,
     except Exception as exc:  # noqa: BLE001 - any parse failure means the same thing to the user
         raise IndexLoadError(f"index at {build} is inconsistent or corrupt ({exc}): {fix}") from None
 
-    region_lists: dict[str, list[int]] = {}
-    for i, c in enumerate(chunks):
-        for r in c.regions:
-            region_lists.setdefault(r, []).append(i)
+    chunk_lang, chunk_date, chunk_doc, region_rows = _row_metadata(chunks)
     return LoadedIndex(
         path=build,
         manifest=manifest,
         documents=documents,
         chunks=chunks,
         bm25=bm25,
-        vectors=vectors,
-        chunk_lang=np.array([c.lang for c in chunks], dtype="<U2"),
-        chunk_date=np.array([_date_int(c.date) for c in chunks], dtype=np.int32),
-        chunk_doc=np.array([c.doc_id for c in chunks], dtype="<U32"),
-        region_rows={r: np.array(v, dtype=np.int64) for r, v in region_lists.items()},
+        vector_index=vectors,
+        chunk_lang=chunk_lang,
+        chunk_date=chunk_date,
+        chunk_doc=chunk_doc,
+        region_rows=region_rows,
     )

@@ -31,6 +31,7 @@ SDK's worker threads (the tools are plain functions), so the event loop keeps se
 
 from __future__ import annotations
 
+import functools
 from contextlib import asynccontextmanager
 from typing import Annotated, Literal
 
@@ -41,6 +42,7 @@ from mcp_types import INVALID_PARAMS, CallToolResult, Resource, TextContent, Too
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from qiao import __version__
+from qiao.errors import NoIndex, QiaoError, UnknownDocument, check_doc_ids, mcp_error
 from qiao.retriever.filters import check_date_range, check_iso_date, resolve_region_names
 from qiao.retriever.models import Filters
 
@@ -175,7 +177,7 @@ def build_mcp_server(service) -> QiaoMCP:
         service.refresh()  # pick up an index switched by another process
         snap = service.snapshot
         if snap is None:
-            raise ToolError(f"{service.load_error or 'no index is loaded'} (build it with `qiao index`)")
+            raise NoIndex(f"{service.load_error or 'no index is loaded'} (build it with `qiao index`)")
         return snap
 
     def check_text(value: str, what: str) -> str:
@@ -187,12 +189,20 @@ def build_mcp_server(service) -> QiaoMCP:
             raise ToolError(f"{what} must not contain NUL characters")
         return value
 
-    def check_doc_ids(snap, filters: SearchFilters | None) -> None:
-        for d in (filters.doc_id if filters else None) or ():
-            if d not in snap.index.documents:
-                raise ToolError(f"unknown doc_id {d!r} in filters: list documents with resources/list")
+    def tool_call(fn):
+        """Qiao's errors (qiao.errors) as MCP tool errors: an ``isError`` result with the message."""
+
+        @functools.wraps(fn)
+        def inner(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except QiaoError as exc:
+                raise ToolError(exc.message) from exc
+
+        return inner
 
     @server.tool(annotations=read_only, structured_output=True)
+    @tool_call
     def search(
         query: Annotated[str, Field(description="English or Chinese (Simplified or Traditional)")],
         k: Annotated[int, Field(ge=1, le=100, description="number of passages, 1..100")] = 10,
@@ -202,7 +212,7 @@ def build_mcp_server(service) -> QiaoMCP:
         """Ranked passages from the documents, each with its source and exact character offsets."""
         check_text(query, "query")
         snap = snapshot()
-        check_doc_ids(snap, filters)
+        check_doc_ids(snap.index.documents, filters.doc_id if filters else None)
         hits = snap.retriever.search(query, k=k, mode=mode, filters=filters.to_filters() if filters else None)
         docs = snap.index.documents
         citations = []
@@ -223,6 +233,7 @@ def build_mcp_server(service) -> QiaoMCP:
         return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=out.model_dump(mode="json"))
 
     @server.tool(annotations=read_only, structured_output=True)
+    @tool_call
     def ask(
         question: Annotated[str, Field(description="English or Chinese (Simplified or Traditional)")],
         k: Annotated[int, Field(ge=1, le=100, description="evidence passages to answer from, 1..100")] = 8,
@@ -234,7 +245,7 @@ def build_mcp_server(service) -> QiaoMCP:
 
         check_text(question, "question")
         snap = snapshot()
-        check_doc_ids(snap, filters)
+        check_doc_ids(snap.index.documents, filters.doc_id if filters else None)
         answer = engine_for(snap, settings).ask(question, k=k, filters=filters.to_filters() if filters else None)
         data = answer.to_dict()
         out = AskOutput(
@@ -255,9 +266,11 @@ def build_mcp_server(service) -> QiaoMCP:
     def document(doc_id: str, start: int | None = None, end: int | None = None) -> str:
         """The original text of an indexed document; with start and end, exactly text[start:end]."""
         snap = service.snapshot
-        doc = snap.index.documents.get(doc_id) if snap is not None else None
+        if snap is None:
+            raise MCPError(**mcp_error(NoIndex(f"{service.load_error or 'no index is loaded'} (build it with `qiao index`)")))
+        doc = snap.index.documents.get(doc_id)
         if doc is None:
-            raise ResourceNotFoundError(f"unknown doc_id {doc_id!r}: list documents with resources/list")
+            raise ResourceNotFoundError(str(UnknownDocument(doc_id)))
         if start is None and end is None:
             return doc.text
         if start is None or end is None:

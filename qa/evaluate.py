@@ -170,10 +170,10 @@ def summarise(results: list[QuestionResult]) -> list[dict]:
     """Rows ``{"group", "n", <metric>: mean or None}``: all, by type, by language, cross-lingual, unanswerable."""
     groups: list[tuple[str, Callable[[QuestionResult], bool]]] = [("all", lambda r: True)]
     for t in ("factoid", "date", "list"):
-        groups.append((f"type={t}", lambda r, t=t: r.q.type == t and r.q.answerable))
+        groups.append((f"type={t}", lambda r, t=t: r.q.type == t and r.q.answerable))  # type: ignore[misc]
     groups.append(("unanswerable", lambda r: not r.q.answerable))
     for lang in ("en", "zh-hans", "zh-hant"):
-        groups.append((f"lang={lang}", lambda r, lang=lang: r.q.lang == lang))
+        groups.append((f"lang={lang}", lambda r, lang=lang: r.q.lang == lang))  # type: ignore[misc]
     groups.append(("cross-lingual", lambda r: r.q.cross_lingual))
     rows = []
     for name, pred in groups:
@@ -210,7 +210,7 @@ def calibrate(scores: list[tuple[float, bool]]) -> dict:
         return {"threshold": 0.0, "accuracy": None}
     vals = sorted({s for s, _ in scores})
     cuts = [vals[0] - 1e-6] + [(a + b) / 2 for a, b in zip(vals, vals[1:])] + [vals[-1] + 1e-6]
-    best = None
+    best: tuple[tuple[float, float], float] | None = None
     for i, t in enumerate(cuts):
         acc = sum((s >= t) == a for s, a in scores) / len(scores)
         lo = vals[i - 1] if i > 0 else t
@@ -218,6 +218,7 @@ def calibrate(scores: list[tuple[float, bool]]) -> dict:
         key = (acc, hi - lo)
         if best is None or key > best[0]:
             best = (key, t)
+    assert best is not None  # cuts is never empty
     (acc, _gap), t = best
     ans = [s for s, a in scores if a]
     una = [s for s, a in scores if not a]
@@ -250,7 +251,7 @@ def run_eval(engine, questions: list[EvalQuestion], k: int = 8) -> tuple[list[Qu
         repeat_ms.append(engine.ask(q.question, k=k).took_ms)
     report = {
         "questions": len(results),
-        "threshold": engine.settings.qa_min_evidence,
+        "threshold": engine.config.min_evidence,
         "summary": summarise(results),
         "markers_ok": all(r.markers_ok for r in results),
         "latency_ms": _latency([r.answer.took_ms for r in results]),

@@ -46,7 +46,7 @@ def _date_spans(text: str) -> list[tuple[int, int]]:
         r"\b\d{4}\s*[-–/]\s*\d{2,4}\b",
         r"\b(?:January|February|March|April|May|June|July|August|September|October|November|December)\s+\d{1,2},?\s+\d{3,4}",
     )
-    out = []
+    out: list[tuple[int, int]] = []
     for p in pats:
         out.extend(m.span() for m in re.finditer(p, text))
     return out

@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Iterable
 
+from qiao.config import LLMConfig
 from qiao.corpus.lang import detect_lang
+from qiao.settings import Settings
 
 log = logging.getLogger("qiao.llm")
 
@@ -124,7 +126,7 @@ def validate_cited_text(text: str, valid_ids: Iterable[int]) -> ValidatedText | 
     for gap, stmt in _statements(strip_sources_section(text or "")):
         ids_here: list[int] = []
 
-        def rewrite(m: re.Match) -> str:
+        def rewrite(m: re.Match, ids_here: list[int] = ids_here) -> str:
             ids = [int(x) for x in re.split(r"\s*[,，、]\s*", m.group(1))]
             good = [i for i in dict.fromkeys(ids) if i in valid]
             removed.extend(i for i in ids if i not in valid)
@@ -177,8 +179,12 @@ def _get(obj: Any, name: str, default=None):
     return obj.get(name, default) if isinstance(obj, dict) else getattr(obj, name, default)
 
 
-def llm_enabled(settings) -> bool:
-    return bool(getattr(settings, "llm_base_url", None) and getattr(settings, "llm_model", None))
+def _llm_config(config: LLMConfig | Settings) -> LLMConfig:
+    return config if isinstance(config, LLMConfig) else LLMConfig.of(config)
+
+
+def llm_enabled(config: LLMConfig | Settings) -> bool:
+    return _llm_config(config).enabled
 
 
 @lru_cache(maxsize=4)
@@ -190,9 +196,11 @@ def _chat_model(base_url: str, model: str, api_key: str | None, timeout: float):
     )
 
 
-def make_chat_model(settings):
+def make_chat_model(config: LLMConfig | Settings):
     """``ChatOpenAI`` for ``settings.llm_*`` (cached per configuration)."""
-    return _chat_model(settings.llm_base_url, settings.llm_model, settings.llm_api_key, float(getattr(settings, "llm_timeout", 60.0)))
+    c = _llm_config(config)
+    assert c.base_url and c.model, "make_chat_model needs QIAO_LLM_BASE_URL and QIAO_LLM_MODEL"
+    return _chat_model(c.base_url, c.model, c.api_key, float(c.timeout))
 
 
 def write_answer(question: str, citations: list, llm) -> str:
@@ -214,7 +222,7 @@ def write_answer(question: str, citations: list, llm) -> str:
 def _replace(obj: Any, **changes):
     if isinstance(obj, dict):
         return {**obj, **changes}
-    if dataclasses.is_dataclass(obj):
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return dataclasses.replace(obj, **{k: v for k, v in changes.items() if k in {f.name for f in dataclasses.fields(obj)}})
     for k, v in changes.items():
         setattr(obj, k, v)
@@ -239,7 +247,7 @@ def llm_answer(answer, question: str, llm):
     return _replace(answer, answer=renumber_markers(checked.text, mapping), citations=new_citations, generator="llm")
 
 
-def maybe_llm_answer(answer, settings, question: str | None = None, llm=None):
+def maybe_llm_answer(answer, settings: LLMConfig | Settings, question: str | None = None, llm=None):
     """The hook ``/ask`` calls last: an LLM-written, validated answer when ``settings.llm_*`` are set.
 
     ``llm`` overrides the configured model (tests pass LangChain's fake chat models). Any failure

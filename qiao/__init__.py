@@ -15,7 +15,7 @@ from pathlib import Path as _Path
 # editable install the interpreter also knows. An installed wheel has them inside and skips this.
 _here = _Path(__file__).resolve().parent
 if not (_here / "corpus").is_dir() and (_here.parent / "corpus" / "__init__.py").is_file():
-    __path__.append(str(_here.parent))  # type: ignore[name-defined]  # noqa: F821
+    __path__.append(str(_here.parent))  # noqa: F821
 del _Path, _here
 
 __version__ = "0.1.0"

@@ -45,6 +45,13 @@ class Settings(BaseSettings):
     chunk_size: int = Field(350, ge=50, le=5000, description="prose window size in characters (tuned: eval/RESULTS.md)")
     chunk_overlap: int = Field(40, ge=0, le=2000, description="prose window overlap in characters (tuned: eval/RESULTS.md)")
 
+    # --- text analysis (BM25 tokens; part of the index fingerprint; see index/analysers.py) ----
+    analyser_chinese_mode: Literal["search", "precise"] = Field(
+        "search", description="search: jieba words and the dictionary words inside them; precise: jieba words only"
+    )
+    analyser_jieba_hmm: bool = Field(False, description="let jieba guess unknown words with its HMM")
+    analyser_user_dict: bool = Field(True, description="load the domain user dictionary into jieba")
+
     # --- index ---------------------------------------------------------------
     hnsw_threshold: int = Field(50_000, description="use HNSW instead of a flat index above this many chunks")
     hnsw_m: int = 32

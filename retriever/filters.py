@@ -1,4 +1,4 @@
-"""Facet filters as boolean row masks over a loaded index."""
+"""Facet filters as boolean row masks over a :class:`~qiao.index.backend.SearchBackend`."""
 
 from __future__ import annotations
 
@@ -8,32 +8,17 @@ import numpy as np
 
 from qiao.corpus.gazetteer import resolve_region
 
-from qiao.index.store import LoadedIndex
+from qiao.index.backend import SearchBackend
 from qiao.retriever.models import Filters
 
 
-def filter_mask(index: LoadedIndex, filters: Filters | None) -> np.ndarray | None:
+def filter_mask(index: SearchBackend, filters: Filters | None) -> np.ndarray | None:
     """Bool mask ``(n_chunks,)`` of rows that pass ``filters``, or ``None`` when nothing is filtered."""
     if filters is None or filters.is_empty():
         return None
-    mask = np.ones(index.size, dtype=bool)
-    if filters.lang:
-        mask &= np.isin(index.chunk_lang, list(filters.lang))
-    if filters.doc_id:
-        mask &= np.isin(index.chunk_doc, list(filters.doc_id))
-    if filters.region:
-        region_mask = np.zeros(index.size, dtype=bool)
-        for r in filters.region:
-            rows = index.region_rows.get(r)
-            if rows is not None:
-                region_mask[rows] = True
-        mask &= region_mask
-    if filters.date_from or filters.date_to:
-        dates = index.chunk_date
-        lo = int(filters.date_from.replace("-", "")) if filters.date_from else 0
-        hi = int(filters.date_to.replace("-", "")) if filters.date_to else 99999999
-        mask &= (dates > 0) & (dates >= lo) & (dates <= hi)  # undated chunks fail a date filter
-    return mask
+    return index.select_rows(
+        lang=filters.lang, doc_id=filters.doc_id, region=filters.region, date_from=filters.date_from, date_to=filters.date_to
+    )
 
 
 # --- validation shared by every front end (HTTP schemas, CLI, LangChain retriever) ---------------

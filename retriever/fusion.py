@@ -18,7 +18,7 @@ and about how much BM25 actually matched::
    offset; on a one-language index it is a monotone rescaling (vector order unchanged). The
    vector candidates are fetched per language for the same reason (:mod:`retriever.hybrid`).
 2. **BM25 trust.** ``full_match(q)`` is the BM25 score a passage holding every query token once
-   would get (:func:`query_mass`); ``top / full_match`` is the share of the query the best BM25
+   would get (:meth:`TermStats.full_match_mass <qiao.index.backend.TermStats.full_match_mass>`); ``top / full_match`` is the share of the query the best BM25
    passage really matches. Simplified questions over Traditional passages (the analyser folds
    scripts) reach 0.7-1.4; English questions over Chinese passages, where BM25 only meets a
    stray number or a Latin name, reach 0-0.2 -- and when they do reach 0.3 the BM25 top hit is
@@ -43,6 +43,9 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import numpy as np
+
+from qiao.config import FusionConfig
+from qiao.index.backend import SearchBackend, TermStats
 
 MIN_SPREAD = 0.01
 """Floor of the per-language cosine spread (a language with one or two candidates, or identical
@@ -102,7 +105,7 @@ def _pooled(vec_lists, lang_top: int) -> tuple[float, float]:
 
 
 def calibrated_vector(
-    vec_lists: Sequence[tuple[str, np.ndarray, np.ndarray]], row_lang: np.ndarray, lang_top: int = 20
+    vec_lists: Sequence[tuple[str, np.ndarray, np.ndarray]], row_lang: np.ndarray, lang_top: int
 ) -> dict[int, float]:
     """The vector candidates scored by their per-language cosine z-score: ``{row: z}``.
 
@@ -124,12 +127,12 @@ def calibrated_fusion(
     row_lang: np.ndarray,
     cos_of: Callable[[np.ndarray], np.ndarray],
     *,
-    bm25_weight: float = 2.0,
-    lang_top: int = 20,
-    match: float | None = None,
-    trust_low: float = 0.0,
-    trust_high: float = 0.0,
-    lang_renorm: bool = False,
+    bm25_weight: float,
+    lang_top: int,
+    match: float | None,
+    trust_low: float,
+    trust_high: float,
+    lang_renorm: bool,
 ) -> dict[int, float]:
     """Language-calibrated score fusion (see the module docstring). Returns ``{row: fused score}``.
 
@@ -175,11 +178,11 @@ def _renorm_by_language(scores: dict[int, float], row_lang: np.ndarray, lang_top
     return dict(zip(rows.tolist(), out.tolist()))
 
 
-def fuse(cand, index, settings, cos_of: Callable[[np.ndarray], np.ndarray]) -> dict[int, float]:
+def fuse(cand, index: SearchBackend, config: FusionConfig, cos_of: Callable[[np.ndarray], np.ndarray]) -> dict[int, float]:
     """Fused score of every candidate row of ``cand`` (a :class:`retriever.hybrid.Candidates`)."""
-    if getattr(settings, "fusion", "calibrated") == "rrf":
+    if config.method == "rrf":
         return reciprocal_rank_fusion(
-            [cand.bm25_rows, cand.vec_rows], [settings.weight_bm25, settings.weight_vector], k=settings.rrf_k
+            [cand.bm25_rows, cand.vec_rows], [config.weight_bm25, config.weight_vector], k=config.rrf_k
         )
     return calibrated_fusion(
         cand.bm25_rows,
@@ -187,12 +190,12 @@ def fuse(cand, index, settings, cos_of: Callable[[np.ndarray], np.ndarray]) -> d
         cand.vec_lists,
         index.chunk_lang,
         cos_of,
-        bm25_weight=settings.fusion_bm25_weight,
-        lang_top=settings.fusion_lang_top,
-        match=match_ratio(index.bm25, cand) if settings.fusion_trust_high > 0 else None,
-        trust_low=settings.fusion_trust_low,
-        trust_high=settings.fusion_trust_high,
-        lang_renorm=settings.fusion_lang_renorm,
+        bm25_weight=config.bm25_weight,
+        lang_top=config.lang_top,
+        match=match_ratio(index.term_stats(), cand) if config.trust_high > 0 else None,
+        trust_low=config.trust_low,
+        trust_high=config.trust_high,
+        lang_renorm=config.lang_renorm,
     )
 
 
@@ -208,34 +211,19 @@ def bm25_trust(ratio: float, low: float, high: float) -> float:
     return (ratio - low) / (high - low)
 
 
-def match_ratio(bm25, cand) -> float:
+def match_ratio(stats: TermStats, cand) -> float:
     """``top BM25 score / full_match(query tokens)``: the share of a full lexical match of the query
     that the best BM25 candidate reaches (its glossary-bridge terms count at the glossary weight,
     as they do in its score). 0.0 when nothing matched.
 
-    ``bm25``: :class:`index.bm25.BM25Index`; ``cand``: :class:`retriever.hybrid.Candidates`.
+    ``stats``: the backend's :class:`~qiao.index.backend.TermStats` (``full_match_mass`` is the
+    score of a passage of average length holding each distinct query token once);
+    ``cand``: :class:`retriever.hybrid.Candidates`.
     (Scoring the bridge terms against their own full match instead was tried and lost: see
     eval/RESULTS.md.)
     """
     rows = cand.bm25_rows
     if not rows.size or cand.bm25_all is None:
         return 0.0
-    mass = query_mass(bm25, cand.qa.tokens)
+    mass = stats.full_match_mass(cand.qa.tokens)
     return float(cand.bm25_all[rows[0]]) / mass if mass > 0 else 0.0
-
-
-def query_mass(bm25, tokens: Sequence[str]) -> float:
-    """BM25 score of a full lexical match: a passage of average length holding each distinct query
-    token once (Lucene IDF, unknown tokens at document frequency 0; bm25s' Lucene variant scores
-    such a term ``idf / (1 + k1)``). ``bm25``: :class:`index.bm25.BM25Index`.
-    """
-    model = bm25.model
-    n = float(bm25.n_docs)
-    vocab = model.vocab_dict
-    indptr = model.scores["indptr"]
-    total = 0.0
-    for t in set(tokens):
-        tid = vocab.get(t)
-        df = float(indptr[tid + 1] - indptr[tid]) if tid is not None else 0.0
-        total += float(np.log(1.0 + (n - df + 0.5) / (df + 0.5)))
-    return total / (1.0 + float(getattr(model, "k1", 1.2)))

@@ -9,10 +9,13 @@ import numpy as np
 from qiao.corpus.lang import detect_lang
 from qiao.index.analysers import tokenize
 from qiao.index.glossary import expand_query
-from qiao.index.store import LoadedIndex
+from qiao.config import RetrievalConfig
+from qiao.index.backend import SearchBackend
+from qiao.index.embedders import Embedder
 from qiao.retriever.filters import filter_mask
 from qiao.retriever.fusion import calibrated_vector, fuse
 from qiao.retriever.models import MODES, Filters, Hit
+from qiao.settings import Settings
 
 
 def _top_rows(scores: np.ndarray, depth: int, mask: np.ndarray | None) -> np.ndarray:
@@ -52,30 +55,24 @@ class Candidates:
 
 
 class HybridRetriever:
-    """``search(query, k, mode, filters) -> list[Hit]`` over one :class:`LoadedIndex`.
+    """``search(query, k, mode, filters) -> list[Hit]`` over one :class:`SearchBackend`.
 
     Stateless apart from the index and the embedder, so one instance serves concurrent requests.
     """
 
-    def __init__(self, index: LoadedIndex, embedder, settings):
+    def __init__(self, index: SearchBackend, embedder: Embedder, config: RetrievalConfig | Settings):
+        """``config``: the retrieval slice of the settings (a whole ``Settings`` is sliced here)."""
         self.index = index
         self.embedder = embedder
-        self.settings = settings
-        # languages of the index, and a row mask per language when there is more than one
-        langs = np.unique(index.chunk_lang) if index.size else []
-        self.languages: list[str] = [str(l) for l in langs]
-        self._lang_masks = {str(l): index.chunk_lang == l for l in langs} if len(langs) > 1 else {}
-        # FAISS search parameters restricting a search to one language, built once per (language, k):
-        # building an ID selector over half of a 100k index costs ~9 ms, searching with it ~0.5 ms
-        self._lang_params: dict[tuple[str, int], object] = {}
-        self._lang_selectors: dict[str, object] = {}
+        self.config = config if isinstance(config, RetrievalConfig) else RetrievalConfig.of(config)
+        self.languages: list[str] = index.languages
 
     def analyse(self, query: str) -> QueryAnalysis:
         return QueryAnalysis(query, detect_lang(query), tokenize(query), expand_query(query))
 
     def bm25_candidates(self, qa: QueryAnalysis, depth: int, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """``(rows, all_scores)``: the top rows and the score array ``(n,)`` they came from."""
-        scores = self.index.bm25.weighted_scores(qa.tokens, qa.bridge, self.settings.glossary_weight)
+        scores = self.index.lexical_scores(qa.tokens, qa.bridge, self.config.glossary_weight)
         return _top_rows(scores, depth, mask), scores
 
     def query_vector(self, query: str) -> np.ndarray:
@@ -86,7 +83,7 @@ class HybridRetriever:
     ) -> tuple[np.ndarray, np.ndarray]:
         """``(rows, scores)`` best first, cosine similarities. ``query_vector``: skip embedding (batch eval)."""
         qv = self.query_vector(query) if query_vector is None else query_vector
-        return self.index.vectors.search(qv, depth, allowed=mask)
+        return self.index.dense_search(qv, depth, allowed=mask)
 
     def vector_candidates_by_language(
         self, qv: np.ndarray, depth: int, mask: np.ndarray | None
@@ -97,42 +94,21 @@ class HybridRetriever:
         the embedder ranks the query's own language first and the other language's best rows
         may not be in a global top ``depth`` at all.
         """
-        if not self._lang_masks:
-            rows, scores = self.index.vectors.search(qv, depth, allowed=mask)
+        if len(self.languages) <= 1:
+            rows, scores = self.index.dense_search(qv, depth, allowed=mask)
             return [(self.languages[0] if self.languages else "", rows, scores)]
         out = []
-        for lang, lmask in self._lang_masks.items():
-            if mask is None:
-                rows, scores = self._search_language(lang, qv, depth)
-            else:
-                allowed = lmask & mask
-                if not allowed.any():
-                    continue
-                rows, scores = self.index.vectors.search(qv, depth, allowed=allowed)
+        for lang in self.languages:
+            if mask is not None and not (mask & (self.index.chunk_lang == lang)).any():
+                continue
+            rows, scores = self.index.dense_search(qv, depth, lang=lang, allowed=mask)
             if rows.size:
                 out.append((lang, rows, scores))
         return out
 
-    def _search_language(self, lang: str, qv: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``depth`` rows of one language (no other filter), with a cached FAISS selector."""
-        import faiss
-
-        vi = self.index.vectors
-        params = self._lang_params.get((lang, depth))
-        if params is None:
-            sel = self._lang_selectors.get(lang)
-            if sel is None:
-                sel = faiss.IDSelectorBatch(np.flatnonzero(self._lang_masks[lang]).astype(np.int64))
-                self._lang_selectors[lang] = sel  # params keep only a pointer: hold the selector here
-            if vi.kind == "hnsw":
-                params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(depth, self.settings.hnsw_ef_search))
-            else:
-                params = faiss.SearchParameters(sel=sel)
-            self._lang_params[(lang, depth)] = params
-        k = int(min(depth, vi.size))
-        scores, ids = vi.index.search(np.ascontiguousarray(qv.reshape(1, -1), dtype=np.float32), k, params=params)
-        keep = ids[0] >= 0
-        return ids[0][keep].astype(np.int64), scores[0][keep]
+    def depth(self, k: int) -> int:
+        """Candidates taken from each retriever for a request of ``k`` hits."""
+        return max(self.config.candidate_depth, 3 * k)
 
     def candidates(
         self,
@@ -145,12 +121,12 @@ class HybridRetriever:
         """Each retriever's candidate list for ``query`` (empty for a retriever the mode does not use)."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
-        depth = max(self.settings.candidate_depth, 3 * k)
+        depth = self.depth(k)
         qa = self.analyse(query)
         cand = Candidates(qa=qa)
         if mode in ("bm25", "hybrid"):
             cand.bm25_rows, cand.bm25_all = self.bm25_candidates(qa, depth, mask)
-        if mode in ("vector", "hybrid") and getattr(self.settings, "fusion", "calibrated") == "rrf":
+        if mode in ("vector", "hybrid") and self.config.fusion.method == "rrf":
             cand.vec_rows, cand.vec_scores = self.vector_candidates(query, depth, mask, query_vector)
         elif mode in ("vector", "hybrid"):
             qv = self.query_vector(query) if query_vector is None else query_vector
@@ -184,18 +160,20 @@ class HybridRetriever:
         if cand is None:
             cand = self.candidates(query, k, mode, filter_mask(self.index, filters), query_vector)
         if mode == "bm25":
-            return [(int(r), float(cand.bm25_all[r])) for r in cand.bm25_rows]
+            bm25_all = cand.bm25_all
+            assert bm25_all is not None  # bm25 mode always scores
+            return [(int(r), float(bm25_all[r])) for r in cand.bm25_rows]
         if mode == "vector":
             if not cand.vec_lists:  # rrf setting: the raw cosine ranking
                 return [(int(r), float(v)) for r, v in zip(cand.vec_rows, cand.vec_scores)]
-            scored = calibrated_vector(cand.vec_lists, self.index.chunk_lang, self.settings.fusion_lang_top)
+            scored = calibrated_vector(cand.vec_lists, self.index.chunk_lang, self.config.fusion.lang_top)
             return sorted(scored.items(), key=lambda kv: (-kv[1], kv[0]))
         qv = cand.query_vector
 
         def cos_of(rows: np.ndarray) -> np.ndarray:
-            return self.index.vectors.reconstruct(rows) @ qv
+            return self.index.vectors(rows) @ qv
 
-        fused = fuse(cand, self.index, self.settings, cos_of)
+        fused = fuse(cand, self.index, self.config.fusion, cos_of)
         return sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))
 
     def search(self, query: str, k: int = 10, mode: str = "hybrid", filters: Filters | None = None) -> list[Hit]:
@@ -244,8 +222,8 @@ class HybridRetriever:
                 overlap = min(o.end, c.end) - max(o.start, c.start)
                 if overlap > 0 and overlap >= 0.5 * min(o.end - o.start, c.end - c.start):
                     return True
-        v = self.index.vectors.reconstruct(np.array([row]))[0]
-        if kept_vecs and float((np.stack(kept_vecs) @ v).max()) >= self.settings.dedup_threshold:
+        v = self.index.vectors(np.array([row]))[0]
+        if kept_vecs and float((np.stack(kept_vecs) @ v).max()) >= self.config.dedup_threshold:
             return True
         kept_vecs.append(v)  # kept_vecs[i] is the vector of hits[i]
         return False

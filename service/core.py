@@ -28,6 +28,9 @@ from qiao.service.documents import DocumentStore
 from qiao.corpus.extract import Extracted, extract
 from qiao.corpus.loader import DocumentError, LoadResult, load_documents
 from qiao.corpus.models import Document
+from qiao.errors import Duplicate, LastDocument, UnknownDocument, UpdateFailed
+from qiao.config import AnalyserConfig
+from qiao.index.analysers import configure as configure_analyser
 from qiao.index.embedders import CachedEmbedder, make_embedder
 from qiao.index.store import (
     BuildReport,
@@ -98,23 +101,26 @@ def collect_documents(settings) -> LoadResult:
     return result
 
 
-class DuplicateDocumentError(DocumentError):
-    """The uploaded file's text is already indexed (as ``existing``)."""
+class DuplicateDocumentError(DocumentError, Duplicate):
+    """The uploaded file's text is already indexed (as ``existing``). HTTP 409."""
+
+    code = Duplicate.code
+    http_status = Duplicate.http_status
 
     def __init__(self, source: str, existing: Document):
         self.existing = existing
         super().__init__(source, f"same content as the indexed document {existing.doc_id} ({existing.source}); not added again")
 
 
-class UnknownDocumentError(KeyError):
+class UnknownDocumentError(UnknownDocument):
     """No indexed document has this doc_id."""
 
 
-class UpdateError(RuntimeError):
+class UpdateError(UpdateFailed):
     """Rebuilding the index failed; the current index and documents are unchanged."""
 
 
-class LastDocumentError(ValueError):
+class LastDocumentError(LastDocument):
     """Removing this document would leave the index empty."""
 
 
@@ -133,6 +139,7 @@ class UpdateReport:
 class QiaoService:
     def __init__(self, settings):
         self.settings = settings
+        configure_analyser(AnalyserConfig.of(settings))  # the QIAO_ANALYSER_* options, for queries and builds
         self._embedder: CachedEmbedder | None = None
         self._embedder_lock = threading.Lock()
         self._snapshot: Snapshot | None = None
@@ -155,7 +162,9 @@ class QiaoService:
         """Load the current index from disk and make it the serving snapshot."""
         emb = self.embedder
         try:
-            index = load_index(self.settings.index_dir, expect_model_id=emb.model_id, expect_dim=emb.dim)
+            index = load_index(
+                self.settings.index_dir, expect_model_id=emb.model_id, expect_dim=emb.dim, ef_search=self.settings.hnsw_ef_search
+            )
         except IndexLoadError as exc:
             self.load_error = str(exc)
             raise

@@ -31,18 +31,10 @@ from filelock import FileLock
 from qiao.corpus.extract import Extracted
 from qiao.corpus.loader import DocumentError, LoadResult, document_from_text
 from qiao.corpus.models import Document
+from qiao.index.store import fsync_path, write_atomic
 
 DELETED = "deleted.json"
 JOURNAL = ".pending.json"
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -92,7 +84,7 @@ class DocumentStore:
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as exc:
-            raise DocumentError(str(self.root / DELETED), f"unreadable list of deleted documents ({exc}); fix or remove it")
+            raise DocumentError(str(self.root / DELETED), f"unreadable list of deleted documents ({exc}); fix or remove it") from exc
         return data if isinstance(data, dict) else {}
 
     def uploaded(self) -> LoadResult:
@@ -154,7 +146,7 @@ class DocumentStore:
             for name, data in ((f"{doc.doc_id}.txt", doc.text.encode("utf-8")),
                                (f"{doc.doc_id}.json", json.dumps(meta, ensure_ascii=False, indent=1).encode("utf-8"))):
                 staged = self.root / f".tmp-{name}"
-                _write_atomic(staged, data)
+                write_atomic(staged, data)
                 change.renames.append((staged, self.root / name))
         tomb = self.deleted()
         if any(doc.doc_id in tomb for doc, _ in items):
@@ -179,7 +171,7 @@ class DocumentStore:
 
     def _write_journal(self, change: StagedChange) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.root / JOURNAL, json.dumps(change.to_json(), ensure_ascii=False).encode("utf-8"))
+        write_atomic(self.root / JOURNAL, json.dumps(change.to_json(), ensure_ascii=False).encode("utf-8"))
 
     def commit(self, change: StagedChange) -> None:
         """Apply a staged change; safe to run again on a half-applied one (recovery does)."""
@@ -188,15 +180,11 @@ class DocumentStore:
                 os.replace(staged, final)
         if change.deleted is not None:
             self.root.mkdir(parents=True, exist_ok=True)
-            _write_atomic(self.root / DELETED, json.dumps(change.deleted, ensure_ascii=False, indent=1).encode("utf-8"))
+            write_atomic(self.root / DELETED, json.dumps(change.deleted, ensure_ascii=False, indent=1).encode("utf-8"))
         for p in change.unlinks:
             p.unlink(missing_ok=True)
         if self.root.is_dir():
-            fd = os.open(self.root, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_path(self.root)
         (self.root / JOURNAL).unlink(missing_ok=True)  # last: until here, recovery can finish the job
 
     def discard(self, change: StagedChange) -> None:

@@ -39,3 +39,29 @@ class LiveServer:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+def inject_build_failure(monkeypatch, service, step: str) -> None:
+    """Make every index build of ``service`` fail at ``step`` ("embed": after the passages were
+    embedded; "write": after the vectors and BM25 files were written, before the manifest), with
+    a RuntimeError saying "injected". ``monkeypatch.undo()`` removes the fault."""
+    from qiao.index import store
+
+    if step == "embed":
+        embed = service.embedder.embed_passages
+
+        def failing_embed(*a, **kw):
+            embed(*a, **kw)
+            raise RuntimeError("injected failure after embedding")
+
+        monkeypatch.setattr(service.embedder, "embed_passages", failing_embed)
+    elif step == "write":
+        save = store.BM25Index.save
+
+        def failing_save(self, directory):
+            save(self, directory)
+            raise RuntimeError("injected failure while writing")
+
+        monkeypatch.setattr(store.BM25Index, "save", failing_save)
+    else:  # pragma: no cover - a typo in a test
+        raise ValueError(step)

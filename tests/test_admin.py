@@ -3,7 +3,6 @@ the bearer key, the size limit and every kind of bad file."""
 
 from __future__ import annotations
 
-import functools
 import json
 import threading
 import time
@@ -20,7 +19,7 @@ from qiao.service.core import UpdateError, collect_documents
 from qiao.corpus.extract import extract
 from qiao.corpus.loader import DocumentError
 from qiao.index.store import current_build
-from support import free_port
+from support import free_port, inject_build_failure
 
 NEW_DOC = (
     "Zhejiang pilot on porcine kidney xenotransplantation\n"
@@ -365,7 +364,7 @@ def test_crash_mid_build_leaves_the_old_index_serving(client, monkeypatch, step)
     service = client.service
     before = client.get("/health").json()
     build_dir = current_build(service.settings.index_dir)
-    monkeypatch.setattr(service_mod, "build_index", functools.partial(service_mod.build_index, _fail_after=step))
+    inject_build_failure(monkeypatch, service, step)
     r = upload(client, "zhejiang.txt", NEW_DOC.encode())
     assert r.status_code == 500
     assert "rebuilding the index failed" in r.json()["detail"] and "unchanged" in r.json()["detail"]

@@ -17,7 +17,7 @@ def test_index_on_disk_matches_corpus(seed_service):
     snap = seed_service.snapshot
     m = snap.index.manifest
     assert m["documents"] == 5
-    assert m["chunks"] == snap.index.size == snap.index.vectors.size
+    assert m["chunks"] == snap.index.size == snap.index.vector_index.size
     assert (snap.index.path / "vectors.faiss").stat().st_size > 0
     # every stored chunk points at its exact source span
     for c in snap.index.chunks:
@@ -33,13 +33,17 @@ def test_manifest_rejects_other_embedder(seed_service):
         load_index(root, expect_model_id=seed_service.embedder.model_id, expect_dim=768)
 
 
-def test_failed_build_leaves_previous_index_loadable(fresh_service):
+def test_failed_build_leaves_previous_index_loadable(fresh_service, monkeypatch):
+    from support import inject_build_failure
+
     service = fresh_service()
     docs = collect_documents(service.settings).documents
     first = service.build(docs[:2], progress=False)
     for stage in ("embed", "write"):
+        inject_build_failure(monkeypatch, service, stage)
         with pytest.raises(RuntimeError, match="injected"):
-            service.build(docs, progress=False, _fail_after=stage)
+            service.build(docs, progress=False)
+        monkeypatch.undo()
         loaded = load_index(service.settings.index_dir)
         assert loaded.manifest["build_id"] == first.build_id
         assert loaded.manifest["documents"] == 2

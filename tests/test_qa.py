@@ -137,7 +137,7 @@ def test_unanswerable_kymriah_price(engine):
     assert a.citations == [] and not MARKER_RE.search(a.answer)
     assert "do not answer" in a.answer
     assert a.hits  # the nearest passages are still there to inspect
-    assert a.evidence_score < engine.settings.qa_min_evidence
+    assert a.evidence_score < engine.config.min_evidence
 
 
 def test_unanswerable_chinese_question_says_so_in_chinese(engine):
