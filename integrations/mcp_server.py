@@ -41,7 +41,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS, CallToolResult, Resource, TextContent, ToolAnnotations
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from qiao import __version__
+import qiao
 from qiao.errors import NoIndex, QiaoError, UnknownDocument, check_doc_ids, mcp_error
 from qiao.retriever.filters import check_date_range, check_iso_date, resolve_region_names
 from qiao.retriever.models import Filters
@@ -169,7 +169,7 @@ def build_mcp_server(service) -> QiaoMCP:
     settings = service.settings
     max_chars = settings.max_query_chars
     server = QiaoMCP(
-        service, name="qiao", title="Qiao 桥", version=__version__, instructions=INSTRUCTIONS, log_level="WARNING"
+        service, name="qiao", title="Qiao 桥", version=qiao.__version__, instructions=INSTRUCTIONS, log_level="WARNING"
     )
     read_only = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
 
