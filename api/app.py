@@ -7,9 +7,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from qiao.api.deps import get_service
-from qiao.api.errors import register_error_handlers
+from qiao.api.errors import install_error_handlers, register_error_handlers, register_roots
 from qiao.api.logging_mw import install_request_logging
 from qiao.api.metrics import install_metrics
+from qiao.api.middleware import DEFAULT_MAX_BODY, JSONGateMiddleware, NoSniffMiddleware
 from qiao.api.routes_admin import router as admin_router
 from qiao.api.routes_ask import router as ask_router
 from qiao.api.routes_core import router as core_router
@@ -36,16 +37,28 @@ def create_app(settings: Settings | None = None, service: QiaoService | None = N
         version="0.1.0",
         description="Bilingual (English / 中文) semantic search and question answering with exact citations.",
         lifespan=lifespan,
+        # the interactive docs load scripts from a CDN (broken offline, no CSP): off unless QIAO_API_DOCS=1
+        docs_url="/docs" if settings.api_docs else None,
+        redoc_url="/redoc" if settings.api_docs else None,
     )
     app.state.service = service
     register_error_handlers(app)
     app.dependency_overrides[get_service] = lambda: service
     app.include_router(core_router)
     app.include_router(ask_router, responses=error_responses(400, 404, 422, 503))  # POST /ask
-    app.include_router(openai_router, responses=error_responses(400, 404, 503, model=OpenAIErrorOut))  # OpenAI-compatible /v1/chat/completions, /v1/models
+    app.include_router(openai_router, responses=error_responses(400, 404, 413, 422, 503, model=OpenAIErrorOut))  # OpenAI-compatible /v1/chat/completions, /v1/models
     app.include_router(admin_router, responses=error_responses(400, 401, 403, 404, 409, 413, 415, 422, 503))
     app.include_router(web_router)
+    _harden(app, settings)
     install_metrics(app, service)  # GET /metrics (Prometheus) and per-route request metrics
     install_request_logging(app, settings)  # one JSON log line per request, X-Request-ID (outermost middleware)
     mount_mcp(app, service)  # MCP over streamable HTTP at /mcp, session manager inside the app's lifespan
     return app
+
+
+def _harden(app: FastAPI, settings: Settings) -> None:
+    """Short JSON errors without paths, a strict JSON gate before any route, ``nosniff`` on everything."""
+    register_roots([(settings.data_dir, "<data dir>"), (settings.corpus_dir, "<corpus dir>")])
+    install_error_handlers(app)
+    app.add_middleware(JSONGateMiddleware, max_body=getattr(settings, "max_body_bytes", None) or DEFAULT_MAX_BODY)
+    app.add_middleware(NoSniffMiddleware)  # added last: outermost, so every answer carries the header

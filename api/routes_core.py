@@ -7,6 +7,7 @@ import time
 from fastapi import APIRouter, Depends, HTTPException, Query
 
 from qiao.api.deps import get_service, get_snapshot
+from qiao.api.errors import redact_paths
 from qiao.api.schemas import (
     DocumentList,
     DocumentMeta,
@@ -29,7 +30,7 @@ def health(service: QiaoService = Depends(get_service)) -> HealthResponse:
     if snap is None:
         return HealthResponse(
             status="no_index", index_loaded=False, chunks=0, documents=0,
-            embedder=service.settings.embedder, detail=service.load_error,
+            embedder=service.settings.embedder, detail=redact_paths(service.load_error) if service.load_error else None,
         )
     m = snap.index.manifest
     return HealthResponse(

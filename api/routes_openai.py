@@ -32,6 +32,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from qiao.api.deps import get_service
+from qiao.api.errors import redact_paths
 from qiao.api.schemas import MAX_QUERY_CHARS, SearchFilters
 from qiao.errors import NoIndex, QiaoError, UnknownDocument, check_doc_ids, openai_error_fields
 from qiao.service.core import QiaoService
@@ -59,7 +60,7 @@ class OpenAIError(Exception):
         self.message, self.status, self.param, self.code, self.type = message, status, param, code, type
 
     def response(self) -> JSONResponse:
-        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        body = {"error": {"message": redact_paths(self.message)[:2000], "type": self.type, "param": self.param, "code": self.code}}
         return JSONResponse(body, status_code=self.status)
 
     @classmethod

@@ -18,12 +18,13 @@ from pathlib import PurePosixPath, PureWindowsPath
 from qiao.errors import Unsupported
 from qiao.corpus.loader import DocumentError, decode_bytes, document_from_text
 from qiao.corpus.models import Document
+from qiao.corpus.visible import format_characters
 
 KINDS = {".txt": "text", ".md": "text", ".markdown": "text", ".html": "html", ".htm": "html", ".pdf": "pdf"}
 SUPPORTED_SUFFIXES = tuple(KINDS)
 MAX_NAME_CHARS = 200
 
-_NAME_BAD_RE = re.compile(r"[\x00-\x1f\x7f]")
+_NAME_BAD_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL, C1 controls: dropped from names
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 _TRAILING_WS_RE = re.compile(r"[ \t\u00a0]+$", re.MULTILINE)
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
@@ -63,6 +64,13 @@ def safe_filename(name: str | None) -> str:
     # browsers send bare names, other clients may send paths of either flavour
     name = PureWindowsPath(PurePosixPath(name).name).name
     name = _NAME_BAD_RE.sub("", name).strip()
+    hidden = format_characters(name)
+    if hidden:
+        raise DocumentError(
+            name.encode("ascii", "backslashreplace").decode("ascii"),
+            f"the file name contains invisible formatting characters ({', '.join(hidden)}) that change how the "
+            "name is displayed (e.g. disguise its type); rename the file without them",
+        )
     if not name.strip("."):
         raise DocumentError("(unnamed file)", "the upload has no file name; give the file a name ending in " + ", ".join(SUPPORTED_SUFFIXES))
     if len(name) > MAX_NAME_CHARS:

@@ -15,13 +15,14 @@ from pathlib import Path
 from qiao.errors import Invalid
 from qiao.corpus.metadata import extract_metadata
 from qiao.corpus.models import Document
+from qiao.corpus.visible import has_visible_text
 
 SUPPORTED_SUFFIXES = (".txt", ".md")
 
 # Share of control characters (other than tab / newline / CR / form feed) above which
 # a decoded text is considered binary rather than prose.
 _MAX_CONTROL_SHARE = 0.1
-_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0e-\x1f]")
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f]")  # C0 (not tab/LF/FF/CR), DEL, C1
 
 
 class DocumentError(Invalid):
@@ -64,6 +65,11 @@ def _check_text(text: str, source: str) -> None:
     controls = sum(1 for _ in _CONTROL_RE.finditer(text))
     if controls > _MAX_CONTROL_SHARE * len(text):
         raise DocumentError(source, "binary content (mostly control characters); only text documents are supported")
+    if not has_visible_text(text):
+        raise DocumentError(
+            source, "document has no visible text (only control, zero-width or whitespace characters); "
+            "add readable text or remove the file",
+        )
 
 
 def decode_bytes(data: bytes, source: str) -> str:

@@ -12,6 +12,7 @@ import re
 
 from qiao.corpus.cleaning import noise_spans, render_span
 from qiao.corpus.lang import detect_lang
+from qiao.corpus.visible import has_visible_text
 
 _MONTHS = {
     "jan": 1, "january": 1, "feb": 2, "february": 2, "mar": 3, "march": 3, "apr": 4, "april": 4,
@@ -121,7 +122,7 @@ def extract_title(text: str, spans: list[tuple[int, int]] | None = None) -> str:
     spans = noise_spans(text) if spans is None else spans
     for m in _LINE_RE.finditer(text):
         line = render_span(text, m.start(), m.end(), spans).strip("\ufeff \t")
-        if line:
+        if line and has_visible_text(line):  # a line of zero-width or control characters is no title
             if len(line) > TITLE_MAX_CHARS:
                 line = line[: TITLE_MAX_CHARS - 1].rstrip() + "…"
             return line

@@ -84,7 +84,7 @@ def ensure_index(
     root = eval_index_dir(dataset, settings, embedder.model_id)
     if not rebuild and current_build(root) is not None:
         try:
-            return load_index(root, expect_model_id=embedder.model_id, expect_dim=embedder.dim, verify=False), False
+            return load_index(root, expect_model_id=embedder.model_id, expect_dim=embedder.dim, verify=False, settings=settings), False
         except Exception as exc:  # noqa: BLE001 - a broken eval index is simply rebuilt
             log(f"rebuilding eval index ({exc})")
     docs = beir_documents(dataset)
@@ -93,7 +93,7 @@ def ensure_index(
         f"eval index: {report.documents} documents -> {report.chunks} chunks "
         f"({report.embedded} embedded, {report.chunks - report.embedded} cached) in {report.seconds:.1f}s at {root}"
     )
-    return load_index(root, expect_model_id=embedder.model_id, expect_dim=embedder.dim, verify=False), True
+    return load_index(root, expect_model_id=embedder.model_id, expect_dim=embedder.dim, verify=False, settings=settings), True
 
 
 # ----------------------------------------------------------------------------- queries

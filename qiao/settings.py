@@ -57,6 +57,28 @@ class Settings(BaseSettings):
     hnsw_m: int = 32
     hnsw_ef_search: int = 128
 
+    # --- search backend (index/milvus_backend.py) and distributed ingest (index/ray_ingest.py) ---
+    backend: Literal["faiss", "milvus"] = Field(
+        "faiss", description="faiss: FAISS + bm25s in this process; milvus: a Milvus collection (milvus-lite file or server)"
+    )
+    milvus_uri: str | None = Field(
+        None,
+        description="a file path -> embedded milvus-lite (default: <data_dir>/milvus.db); http(s)://host:19530 -> a Milvus server or cluster",
+    )
+    milvus_token: str | None = Field(None, description="Milvus credentials: 'user:password' or an API key")
+    milvus_collection_prefix: str = Field(
+        "qiao", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,100}$", description="collection names are <prefix>_<fingerprint of the index settings>"
+    )
+    milvus_timeout: float = Field(10.0, gt=0, description="seconds to wait for a Milvus server before saying it is unreachable")
+    milvus_avgdl_tolerance: float = Field(
+        0.02, ge=0.0, le=1.0,
+        description="incremental updates keep the stored BM25 length normalisation until the mean chunk length drifts by more than this share",
+    )
+    ray_address: str | None = Field(
+        None, description="set to embed through Ray: 'local' starts a local cluster, anything else is a cluster address (ray://host:10001, auto)"
+    )
+    ray_workers: int = Field(0, ge=0, le=1024, description="embedding actors for Ray ingest (0: one per CPU of the cluster)")
+
     # --- retrieval -----------------------------------------------------------
     fusion: Literal["calibrated", "rrf"] = Field(
         "calibrated", description="calibrated: language-aware score fusion (see retriever/fusion.py); rrf: reciprocal rank fusion"
@@ -98,6 +120,7 @@ class Settings(BaseSettings):
     port: int = 8000
     max_query_chars: int = 2000
     api_key: str | None = None
+    api_docs: bool = Field(False, description="serve /docs and /redoc (their scripts come from a CDN); /openapi.json is always served")
     max_upload_bytes: int = 20 * 1024 * 1024
     log_queries: bool = Field(
         False, description="put the query / question text in the JSON request log lines (off by default: queries can be personal)"
@@ -130,7 +153,14 @@ class Settings(BaseSettings):
             "chunk_size": self.chunk_size,
             "chunk_overlap": self.chunk_overlap,
             "hnsw_threshold": self.hnsw_threshold,
+            # only when not the default, so existing FAISS indexes stay current
+            **({"backend": self.backend} if self.backend != "faiss" else {}),
         }
+
+    @property
+    def milvus_target(self) -> str:
+        """The Milvus URI in use: QIAO_MILVUS_URI, or a milvus-lite file in the data directory."""
+        return self.milvus_uri or str(self.data_dir / "milvus.db")
 
 
 @lru_cache(maxsize=1)

@@ -72,6 +72,11 @@ class HybridRetriever:
 
     def bm25_candidates(self, qa: QueryAnalysis, depth: int, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """``(rows, all_scores)``: the top rows and the score array ``(n,)`` they came from."""
+        if hasattr(self.index, "lexical_search"):  # a remote backend (Milvus): top rows only, see below
+            rows, top = self.index.lexical_search(qa.tokens, qa.bridge, self.config.glossary_weight, depth, mask)
+            scores = np.zeros(self.index.size, np.float32)
+            scores[rows] = top
+            return rows, scores
         scores = self.index.lexical_scores(qa.tokens, qa.bridge, self.config.glossary_weight)
         return _top_rows(scores, depth, mask), scores
 
@@ -139,6 +144,12 @@ class HybridRetriever:
                 scores = np.concatenate([s for _l, _r, s in cand.vec_lists])
                 order = np.lexsort((rows, -scores))
                 cand.vec_rows, cand.vec_scores = rows[order], scores[order]
+        if mode == "hybrid" and cand.bm25_all is not None and hasattr(self.index, "lexical_scores_of"):
+            # a backend that returned only its top BM25 rows: the exact BM25 of the vector-only
+            # candidates too, so fusion sees the same scores as with the full array
+            extra = np.setdiff1d(cand.vec_rows, cand.bm25_rows)
+            if extra.size:
+                cand.bm25_all[extra] = self.index.lexical_scores_of(extra, qa.tokens, qa.bridge, self.config.glossary_weight)
         return cand
 
     def rank(

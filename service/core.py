@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import unicodedata
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,6 +113,22 @@ class DuplicateDocumentError(DocumentError, Duplicate):
         super().__init__(source, f"same content as the indexed document {existing.doc_id} ({existing.source}); not added again")
 
 
+class DuplicateNameError(DuplicateDocumentError):
+    """Another indexed (or uploaded-with-it) document already has this file name (compared after NFC and
+    case folding: the names would be indistinguishable in lists and citations)."""
+
+    def __init__(self, source: str, existing: Document):
+        self.existing = existing
+        DocumentError.__init__(
+            self, source, f"a document with this name is already indexed ({existing.doc_id}, {existing.source!r}); "
+            "rename the file or remove the existing document first",
+        )
+
+
+def name_key(source: str) -> str:
+    return unicodedata.normalize("NFC", source).casefold()
+
+
 class UnknownDocumentError(UnknownDocument):
     """No indexed document has this doc_id."""
 
@@ -163,7 +180,8 @@ class QiaoService:
         emb = self.embedder
         try:
             index = load_index(
-                self.settings.index_dir, expect_model_id=emb.model_id, expect_dim=emb.dim, ef_search=self.settings.hnsw_ef_search
+                self.settings.index_dir, expect_model_id=emb.model_id, expect_dim=emb.dim, ef_search=self.settings.hnsw_ef_search,
+                settings=self.settings,  # a Milvus-backed index needs its URI and collection
             )
         except IndexLoadError as exc:
             self.load_error = str(exc)
@@ -183,11 +201,17 @@ class QiaoService:
         except IndexLoadError:
             return None
 
+    def _build_embedder(self):
+        """The embedder builds use: through Ray actors when QIAO_RAY_ADDRESS is set (index/ray_ingest.py)."""
+        from qiao.index.ray_ingest import build_embedder
+
+        return build_embedder(self.embedder, self.settings)
+
     def stale_reason(self, documents) -> str | None:
         return stale_reason(self.settings.index_dir, documents, self.settings, self.embedder.model_id)
 
     def build(self, documents, progress: bool = True, log: Callable[[str], None] = lambda s: None, **kw) -> BuildReport:
-        report = build_index(documents, self.embedder, self.settings.index_dir, self.settings, progress=progress, log=log, **kw)
+        report = build_index(documents, self._build_embedder(), self.settings.index_dir, self.settings, progress=progress, log=log, **kw)
         self.load()
         return report
 
@@ -272,7 +296,7 @@ class QiaoService:
             raise LastDocumentError("the index must keep at least one document; add another before removing this one")
         build_kw.setdefault("progress", False)
         try:
-            report = build_index(documents, self.embedder, self.settings.index_dir, self.settings, **build_kw)
+            report = build_index(documents, self._build_embedder(), self.settings.index_dir, self.settings, **build_kw)
         except IndexBusyError:
             if change is not None:
                 self.store.discard(change)
@@ -305,12 +329,16 @@ class QiaoService:
         :class:`DocumentError` naming it. Nothing is stored."""
         items: list[tuple[Document, Extracted]] = []
         seen: dict[str, Document] = {}
+        names: dict[str, Document] = {}
         for name, data in files:
             ex = extract(data, name)
             doc = ex.to_document()
             if doc.doc_id in seen:
                 raise DuplicateDocumentError(ex.source, seen[doc.doc_id])
+            if name_key(doc.source) in names:
+                raise DuplicateNameError(ex.source, names[name_key(doc.source)])
             seen[doc.doc_id] = doc
+            names[name_key(doc.source)] = doc
             items.append((doc, ex))
         return items
 
@@ -325,9 +353,12 @@ class QiaoService:
         with self._locked(lock_timeout):
             current = collect_documents(self.settings)
             by_id = {d.doc_id: d for d in current.documents}
+            by_name = {name_key(d.source): d for d in current.documents}
             for doc, ex in items:
                 if doc.doc_id in by_id:
                     raise DuplicateDocumentError(ex.source, by_id[doc.doc_id])
+                if name_key(doc.source) in by_name:
+                    raise DuplicateNameError(ex.source, by_name[name_key(doc.source)])
             change = self.store.stage_add(items)
             added = [d for d, _ in items]
             report = self._rebuild(current.documents + added, change, **build_kw)

@@ -31,15 +31,44 @@ def make_settings(data_dir: Path, **kw) -> Settings:
     return Settings(data_dir=data_dir, **kw)
 
 
+BACKENDS = ("faiss", "milvus")
+"""Search backends every retrieval and answer test runs on (QIAO_BACKEND; milvus = embedded milvus-lite)."""
+
+
 @pytest.fixture(scope="session")
-def seed_service(tmp_path_factory, shared_cache_dir) -> QiaoService:
-    data = tmp_path_factory.mktemp("seed-index")
-    settings = make_settings(data)
-    service = QiaoService(settings)
-    _share_cache(service, shared_cache_dir)
-    docs = collect_documents(settings).documents
-    service.build(docs, progress=False)
-    return service
+def seed_service_of(tmp_path_factory, shared_cache_dir):
+    """``seed_service_of(backend)``: the seed index served by that backend (each built once per session)."""
+    services: dict[str, QiaoService] = {}
+
+    def get(backend: str = "faiss") -> QiaoService:
+        if backend not in services:
+            data = tmp_path_factory.mktemp("seed-index" if backend == "faiss" else f"seed-index-{backend}")
+            settings = make_settings(data, backend=backend)
+            service = QiaoService(settings)
+            _share_cache(service, shared_cache_dir)
+            service.build(collect_documents(settings).documents, progress=False)
+            services[backend] = service
+        return services[backend]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def seed_service(seed_service_of) -> QiaoService:
+    return seed_service_of("faiss")
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend(request) -> str:
+    """Parametrises a test over the search backends."""
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def backend_seed_service(backend, seed_service_of) -> QiaoService:
+    """The seed index on each backend in turn. A test module runs on both by overriding
+    ``seed_service`` with it (modules that use ``seed_server`` override only their own fixtures)."""
+    return seed_service_of(backend)
 
 
 def _share_cache(service: QiaoService, cache_dir: Path) -> None:

@@ -11,8 +11,9 @@ from qiao.api.app import create_app
 
 
 @pytest.fixture(scope="module")
-def client(seed_service):
-    with TestClient(create_app(seed_service.settings, seed_service)) as c:
+def client(backend_seed_service):
+    """The API over the seed index on each search backend (tests/conftest.py)."""
+    with TestClient(create_app(backend_seed_service.settings, backend_seed_service)) as c:
         yield c
 
 

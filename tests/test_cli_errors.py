@@ -49,13 +49,33 @@ def cli(capsys, *argv: str) -> tuple[int, str, str]:
     return rc, out.out, out.err
 
 
-def run_cli(*argv: str, timeout: float = 120, user: int | None = None) -> subprocess.CompletedProcess:
-    """``qiao`` in a child process (the real entry point, with a timeout against hangs)."""
+PACKAGE_DIRS = ("qiao", "corpus", "index", "retriever", "qa", "service", "api", "eval")
+
+
+def run_cli(*argv: str, timeout: float = 120, user: int | None = None, root: Path = PROJECT_ROOT) -> subprocess.CompletedProcess:
+    """``qiao`` in a child process (the real entry point, with a timeout against hangs), from the
+    checkout ``root`` (for ``user``: a copy that user can read, see :func:`readable_checkout`)."""
     cmd = [sys.executable, "-m", "qiao.api.cli", *argv]
     if user is not None:
         cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *cmd]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(PROJECT_ROOT)}
-    return subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(root)}
+    return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def readable_checkout(dest: Path, user: int) -> Path:
+    """A world-readable copy of the code under ``dest`` for a CLI run as ``user``: the checkout itself may
+    sit in a 0700 directory (``mktemp -d``, a CI workspace) that this user cannot enter. Skips the test,
+    saying why, when the interpreter or its packages are not readable by ``user`` either."""
+    root = dest / "checkout"
+    for name in PACKAGE_DIRS:
+        shutil.copytree(PROJECT_ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".qiao"))
+    for p in [dest, *dest.rglob("*")]:
+        os.chmod(p, 0o755 if p.is_dir() else 0o644)
+    probe = run_cli("--help", user=user, root=root, timeout=120)
+    if probe.returncode != 0:
+        pytest.skip(f"user {user} cannot run {sys.executable} with Qiao's dependencies (its virtualenv is not "
+                    f"readable to others?): {probe.stderr.strip().splitlines()[-1:] or probe.returncode}")
+    return root
 
 
 def copy_seed_data(seed_service, shared_cache_dir: Path, dest: Path) -> Path:
@@ -164,6 +184,7 @@ def test_unreadable_paths_as_an_unprivileged_user(seed_service, shared_cache_dir
     tmp = Path(tempfile.mkdtemp(prefix="qiao-perm-"))
     try:
         os.chmod(tmp, 0o777)
+        code = readable_checkout(tmp / "code", user=65534)
         corpus = tmp / "corpus"
         corpus.mkdir()
         (corpus / "secret.txt").write_text("Hainan stem cell catalogue.\n")
@@ -171,11 +192,11 @@ def test_unreadable_paths_as_an_unprivileged_user(seed_service, shared_cache_dir
         data = tmp / "data"
         data.mkdir(mode=0o777)
         os.chmod(data, 0o777)
-        r = run_cli("--data-dir", str(data), "index", "--corpus", str(corpus), "--quiet", user=65534)
+        r = run_cli("--data-dir", str(data), "index", "--corpus", str(corpus), "--quiet", user=65534, root=code)
         assert_one_line_error(r.returncode, r.stderr, "no loadable")
         assert "secret.txt: cannot read file: Permission denied" in r.stderr
         os.chmod(corpus, 0)
-        r = run_cli("--data-dir", str(data), "index", "--corpus", str(corpus), "--quiet", user=65534)
+        r = run_cli("--data-dir", str(data), "index", "--corpus", str(corpus), "--quiet", user=65534, root=code)
         assert_one_line_error(r.returncode, r.stderr)
         # an index the user may not read: a clear refusal, not a crash
         copy_seed_data(seed_service, shared_cache_dir, tmp / "ro")
@@ -183,7 +204,7 @@ def test_unreadable_paths_as_an_unprivileged_user(seed_service, shared_cache_dir
             if not p.is_symlink():
                 os.chmod(p, 0o777 if p.is_dir() else 0o666)
         os.chmod(build_dir(tmp / "ro"), 0)
-        r = run_cli("--data-dir", str(tmp / "ro"), "search", "stem cell", user=65534)
+        r = run_cli("--data-dir", str(tmp / "ro"), "search", "stem cell", user=65534, root=code)
         assert_one_line_error(r.returncode, r.stderr, "permission denied")
     finally:
         for p in [tmp, *tmp.rglob("*")]:

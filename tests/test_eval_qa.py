@@ -23,6 +23,12 @@ from tests.conftest import SEED_DIR
 
 
 @pytest.fixture(scope="module")
+def seed_service(backend_seed_service):
+    """Every test here runs on each search backend (FAISS + bm25s, Milvus): tests/conftest.py."""
+    return backend_seed_service
+
+
+@pytest.fixture(scope="module")
 def questions():
     return load_questions()
 

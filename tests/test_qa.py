@@ -27,6 +27,12 @@ MARKER_RE = re.compile(r"\[(\d+)\]")
 
 
 @pytest.fixture(scope="module")
+def seed_service(backend_seed_service):
+    """Every test here runs on each search backend (FAISS + bm25s, Milvus): tests/conftest.py."""
+    return backend_seed_service
+
+
+@pytest.fixture(scope="module")
 def engine(seed_service):
     return engine_for(seed_service.snapshot, seed_service.settings)
 

@@ -7,6 +7,12 @@ import pytest
 from qiao.retriever.models import Filters
 
 
+@pytest.fixture(scope="module")
+def seed_service(backend_seed_service):
+    """Every test here runs on each search backend (FAISS + bm25s, Milvus): tests/conftest.py."""
+    return backend_seed_service
+
+
 def _search(service, q, **kw):
     return service.snapshot.retriever.search(q, **kw)
 

@@ -432,9 +432,10 @@ async function openSpan(x, quote) {
 
 // ---------- documents management ---------------------------------------------
 
+// The API key lives only in the password field (page memory): never in sessionStorage/localStorage,
+// where any script running on this origin could read it later. It is typed again after a reload.
 function authHeaders() {
   const key = $("#api-key").value.trim();
-  try { sessionStorage.setItem("qiao.key", key); } catch (_) { /* ignore */ }
   return key ? { Authorization: `Bearer ${key}` } : {};
 }
 
@@ -514,7 +515,7 @@ async function loadRegions() {
 function init() {
   let lang = "en";
   try { lang = localStorage.getItem("qiao.lang") || (navigator.language || "").toLowerCase().startsWith("zh") && "zh" || "en"; } catch (_) { /* ignore */ }
-  try { $("#api-key").value = sessionStorage.getItem("qiao.key") || ""; } catch (_) { /* ignore */ }
+  try { sessionStorage.removeItem("qiao.key"); } catch (_) { /* a key stored by an older version of this page */ }
   $("#search-form").addEventListener("submit", runSearch);
   $("#q").addEventListener("input", updateButton);
   // With the button disabled the browser swallows Enter on an empty box: say why.
