@@ -5,12 +5,15 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
 
 from qiao.api.deps import get_service
 from qiao.api.errors import install_error_handlers, register_error_handlers, register_roots
 from qiao.api.logging_mw import install_request_logging
 from qiao.api.metrics import install_metrics
 from qiao.api.middleware import DEFAULT_MAX_BODY, JSONGateMiddleware, NoSniffMiddleware
+from qiao.api.limits import BodyLimitMiddleware, route_limits
+from qiao.api.origin import CrossSiteMiddleware
 from qiao.api.routes_admin import router as admin_router
 from qiao.api.routes_ask import router as ask_router
 from qiao.api.routes_core import router as core_router
@@ -30,7 +33,12 @@ def create_app(settings: Settings | None = None, service: QiaoService | None = N
     async def lifespan(app: FastAPI):
         if load and service.snapshot is None:
             service.try_load()  # a missing index is reported by /health and 503s, not a crash
+        started = service.enable_pool()  # one embedding engine per core, short queries in a lane of their own
         yield
+        if service.stopping:  # a signal began the shutdown (qiao serve): let a cancelled update finish rolling back
+            await run_in_threadpool(service.shutdown, settings.shutdown_timeout_s)
+        elif started:
+            service.disable_pool()
 
     app = FastAPI(
         title="Qiao 桥",
@@ -61,4 +69,7 @@ def _harden(app: FastAPI, settings: Settings) -> None:
     register_roots([(settings.data_dir, "<data dir>"), (settings.corpus_dir, "<corpus dir>")])
     install_error_handlers(app)
     app.add_middleware(JSONGateMiddleware, max_body=getattr(settings, "max_body_bytes", None) or DEFAULT_MAX_BODY)
+    # cross-site refusal (api/origin.py), then the body limit (api/limits.py): it drains the body before any early answer
+    app.add_middleware(CrossSiteMiddleware, allowed_origins=settings.allowed_origins)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, per_route=route_limits(settings))
     app.add_middleware(NoSniffMiddleware)  # added last: outermost, so every answer carries the header

@@ -133,10 +133,12 @@ def _validated(model, **fields):
 def cmd_search(args) -> int:
     import time
 
-    from qiao.api.schemas import SearchFilters, SearchRequest
+    from qiao.api.schemas import SearchFilters, SearchRequest, too_long
 
     filters = _validated(SearchFilters, lang=args.lang, region=args.region, date_from=args.date_from, date_to=args.date_to, doc_id=args.doc_id)
     req = _validated(SearchRequest, query=args.query, k=args.k, mode=args.mode, filters=filters)
+    if msg := too_long(req.query, "query", _settings(args).max_query_chars):
+        raise CLIError(msg)
     service = _loaded_service(args)
     snap = service.snapshot
     check_doc_ids(snap.index.documents, req.filters.doc_id)
@@ -154,15 +156,33 @@ def cmd_search(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    # before any engine loads libgomp: an OpenMP team that spin-waits lost 10-50x on a busy machine
+    # (a short query: 3.0 s p50 with 2 spinning threads vs 55-75 ms passive; index/pool.py)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import uvicorn
 
     from qiao.api.app import create_app
 
+    from qiao.service.core import QiaoService
+
     settings = _settings(args)
     host = args.host or settings.host
     port = args.port or settings.port
-    # access_log off: every request is logged once, as a JSON line, by qiao.api.logging_mw
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
+    service = QiaoService(settings)
+
+    class Server(uvicorn.Server):
+        """On SIGTERM / SIGINT: cancel a running update at once (it rolls back within one build slice and
+        its request is answered 503), then uvicorn's graceful shutdown, bounded by QIAO_SHUTDOWN_TIMEOUT_S."""
+
+        def handle_exit(self, sig, frame) -> None:
+            service.begin_shutdown()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        create_app(settings, service), host=host, port=port, log_level="info", access_log=False,  # one JSON line per request: qiao.api.logging_mw
+        timeout_graceful_shutdown=max(1, int(settings.shutdown_timeout_s)),
+    )
+    Server(config).run()
     return 0
 
 
@@ -236,7 +256,11 @@ def cmd_ask(args) -> int:
     from qiao.api.schemas import AskRequest
     from qiao.qa.pipeline import engine_for
 
+    from qiao.api.schemas import too_long
+
     req = _validated(AskRequest, question=args.question, k=args.k, filters=_ask_filters(args))
+    if msg := too_long(req.question, "question", _settings(args).max_query_chars):
+        raise CLIError(msg)
     service = _loaded_service(args)
     snap = service.snapshot
     check_doc_ids(snap.index.documents, req.filters.doc_id)

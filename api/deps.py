@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from fastapi import Depends
+from fastapi.exceptions import RequestValidationError
 
 from qiao.errors import NoIndex
 
+from qiao.api.schemas import too_long
 from qiao.service.core import QiaoService, Snapshot
 
 
@@ -20,3 +22,13 @@ def get_snapshot(service: QiaoService = Depends(get_service)) -> Snapshot:
         detail = service.load_error or "no index is loaded"
         raise NoIndex(f"{detail} (build it with `qiao index`)")
     return snap
+
+
+def check_text_length(text: str, field: str, service: QiaoService) -> None:
+    """A 422 (FastAPI's validation shape, without echoing the text) when ``text`` is longer than
+    ``QIAO_MAX_QUERY_CHARS``; the one place /search and /ask take the limit from."""
+    msg = too_long(text, field, service.settings.max_query_chars)
+    if msg:
+        raise RequestValidationError(
+            [{"type": "string_too_long", "loc": ("body", field), "msg": msg, "ctx": {"max_length": service.settings.max_query_chars}}]
+        )

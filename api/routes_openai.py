@@ -3,8 +3,11 @@
 * ``GET /v1/models``, ``GET /v1/models/{model}``: the one model, ``qiao``.
 * ``POST /v1/chat/completions``: the last user message is answered by the ``/ask`` pipeline.
   Earlier turns are used only to resolve a short follow-up ("and in Beijing?", "那上海呢？") by
-  carrying over the previous question's topic (:func:`resolve_question`); system prompts are
-  ignored (Qiao answers from its documents, not from instructions). The reply keeps the answer's
+  carrying over the previous question's topic (:mod:`qiao.service.followup`); system prompts are
+  ignored (Qiao answers from its documents, not from instructions). Limits: ``QIAO_MAX_CHAT_MESSAGES``
+  messages and ``QIAO_MAX_CHAT_CHARS`` characters over all of them (413), the resolved question
+  ``QIAO_MAX_QUERY_CHARS`` (422). Parsing, resolution and answering run in a worker thread, so a
+  costly request never holds the event loop (``/health`` and other clients keep being answered). The reply keeps the answer's
   ``[n]`` markers and ends with a sources list (title, source file, date, quote); the structured
   citations are returned in the extra top-level field ``citations`` (on the final chunk when
   streaming), with ``answerable`` and ``question`` (the question actually asked).
@@ -33,11 +36,12 @@ from starlette.concurrency import run_in_threadpool
 
 from qiao.api.deps import get_service
 from qiao.api.errors import redact_paths
-from qiao.api.schemas import MAX_QUERY_CHARS, SearchFilters
+from qiao.api.schemas import SearchFilters
+from qiao.corpus.lang import detect_lang
 from qiao.errors import NoIndex, QiaoError, UnknownDocument, check_doc_ids, openai_error_fields
 from qiao.service.core import QiaoService
-from qiao.corpus.gazetteer import find_region_mentions, get_region
-from qiao.corpus.lang import cjk_count, detect_lang
+from qiao.service.followup import resolve_question
+from qiao.settings import Settings
 
 MODEL_ID = "qiao"
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
@@ -104,8 +108,14 @@ def _content_text(content: Any, role: str, i: int) -> str:
     raise OpenAIError(f"{param} must be a string or an array of text parts, not {got}", param=param, code="invalid_type")
 
 
-def parse_chat_request(body: Any, max_chars: int = MAX_QUERY_CHARS) -> ChatRequest:
-    """Validate a ``/v1/chat/completions`` body; raises :class:`OpenAIError` with the offending ``param``."""
+def parse_chat_request(body: Any, settings: Settings) -> ChatRequest:
+    """Validate a ``/v1/chat/completions`` body; raises :class:`OpenAIError` with the offending ``param``.
+
+    Bounds (before any text is looked at): at most ``QIAO_MAX_CHAT_MESSAGES`` messages and
+    ``QIAO_MAX_CHAT_CHARS`` characters over all of them (413), the last user message at most
+    ``QIAO_MAX_QUERY_CHARS`` (400, as before; the resolved question is bounded again by
+    :func:`chat_question`)."""
+    max_chars = settings.max_query_chars
     if not isinstance(body, dict):
         raise OpenAIError("the request body must be a JSON object", code="invalid_type")
     model = body.get("model", MODEL_ID)
@@ -141,7 +151,14 @@ def parse_chat_request(body: Any, max_chars: int = MAX_QUERY_CHARS) -> ChatReque
         raise OpenAIError("messages must be an array of {role, content} objects", param="messages", code="invalid_type")
     if not raw:
         raise OpenAIError("messages must contain at least one message", param="messages", code="empty_array")
+    if len(raw) > settings.max_chat_messages:
+        raise OpenAIError(
+            f"the chat has {len(raw)} messages; the limit is {settings.max_chat_messages} (QIAO_MAX_CHAT_MESSAGES): "
+            "send only the recent turns",
+            status=413, param="messages", code="too_many_messages",
+        )
     messages: list[tuple[str, str]] = []
+    total = 0
     for i, m in enumerate(raw):
         if not isinstance(m, dict):
             raise OpenAIError(f"messages[{i}] must be an object with role and content", param=f"messages[{i}]", code="invalid_type")
@@ -152,7 +169,15 @@ def parse_chat_request(body: Any, max_chars: int = MAX_QUERY_CHARS) -> ChatReque
             )
         if "content" not in m and role in ("system", "developer", "user"):
             raise OpenAIError(f"messages[{i}].content is required", param=f"messages[{i}].content", code="missing_required_parameter")
-        messages.append((role, _content_text(m.get("content"), role, i)))
+        text = _content_text(m.get("content"), role, i)
+        total += len(text)
+        if total > settings.max_chat_chars:
+            raise OpenAIError(
+                f"the chat's messages hold more than {settings.max_chat_chars} characters (QIAO_MAX_CHAT_CHARS; "
+                f"{total} up to messages[{i}]): send only the recent turns, or ask the question on its own",
+                status=413, param=f"messages[{i}].content", code="context_length_exceeded",
+            )
+        messages.append((role, text))
 
     last_role, last = messages[-1]
     param = f"messages[{len(messages) - 1}]"
@@ -161,102 +186,27 @@ def parse_chat_request(body: Any, max_chars: int = MAX_QUERY_CHARS) -> ChatReque
     if not last.strip():
         raise OpenAIError("the last user message is empty: ask a question", param=f"{param}.content", code="invalid_value")
     if len(last) > max_chars:
-        raise OpenAIError(f"the last user message is {len(last)} characters; the limit is {max_chars}: shorten it", param=f"{param}.content", code="string_above_max_length")
+        raise OpenAIError(f"the last user message is {len(last)} characters; the limit is {max_chars} (QIAO_MAX_QUERY_CHARS): shorten it", param=f"{param}.content", code="string_above_max_length")
     if "\x00" in last:
         raise OpenAIError("the last user message must not contain NUL characters", param=f"{param}.content", code="invalid_value")
     return ChatRequest(model=model, messages=messages, stream=stream, k=k, filters=filters)
 
 
-# --- follow-up resolution -----------------------------------------------------------------------
-
-_EN_FOLLOW_RE = re.compile(
-    r"^\s*(?:and\s+(?:what|how)\s+about|what\s+about|how\s+about|what\s+of|and\s+also|and\s+for|same\s+(?:question\s+)?for|and|also|or)\b[\s,:]*",
-    re.IGNORECASE,
-)
-# 那 on its own ("那上海呢") but not 那些/那个/那里... ("those", "that one", "there").
-_ZH_FOLLOW_RE = re.compile(r"^\s*(?:那么|那麼|那(?![些个個里裡边邊样樣种種位])|还有|還有|另外|以及|至于|至於|换成|換成|如果是|那如果是)[\s，,：:]*")
-_ZH_TAIL_RE = re.compile(r"[\s？?！!。.，,]*(?:呢|的情况呢|的情況呢|怎么样|怎麼樣|如何)[\s？?！!。.]*$")
-_TRAIL_PUNCT_RE = re.compile(r"[\s？?！!。.，,]+$")
-_EN_MAX_WORDS = 6
-_ZH_MAX_CHARS = 15
+# --- the question to answer -----------------------------------------------------------------------
 
 
-def follow_up_rest(text: str) -> str | None:
-    """The new part of a short follow-up ("and in Beijing?" -> "in Beijing"), or None if ``text`` is not one.
-
-    A follow-up is short (at most 6 words / 15 Chinese characters after its opening) and opens
-    with "and", "what about", "how about", "also", 那/那么/还有/另外/至于..., or is a bare Chinese
-    "X呢？".
-    """
-    s = text.strip()
-    m = _EN_FOLLOW_RE.match(s) or _ZH_FOLLOW_RE.match(s)
-    zh_tail = _ZH_TAIL_RE.search(s)
-    if not m and not zh_tail:
-        return None
-    rest = s[m.end() :] if m else s
-    rest = _ZH_TAIL_RE.sub("", rest)
-    rest = _TRAIL_PUNCT_RE.sub("", rest).strip()
-    if not rest:
-        return None
-    cjk = cjk_count(rest)
-    if cjk:
-        if cjk > _ZH_MAX_CHARS:
-            return None
-    elif len(rest.split()) > _EN_MAX_WORDS:
-        return None
-    return rest
-
-
-def _region_name(key: str, surface: str, target_lang: str) -> str:
-    """The region as the user wrote it when the scripts agree, else its gazetteer name in ``target_lang``."""
-    if (cjk_count(surface) > 0) == (target_lang == "zh"):
-        return surface
-    r = get_region(key)
-    if r is None:
-        return surface
-    return r.zh_hans if target_lang == "zh" else r.en
-
-
-def carry_over(previous: str, rest: str) -> str:
-    """``previous`` question re-aimed by the follow-up part ``rest``.
-
-    If both name regions and ``previous`` names exactly one, its mentions are replaced by the new
-    region(s) ("When did Tianjin ...?" + "Beijing" -> "When did Beijing ...?"); otherwise ``rest``
-    is added to the previous question's topic ("... research?" + "in 2023" -> "... research in 2023?").
-    """
-    prev_lang = detect_lang(previous)
-    new = find_region_mentions(rest)
-    old = find_region_mentions(previous)
-    if new and old and len({key for _, _, key in old}) == 1:
-        names = list(dict.fromkeys(_region_name(key, rest[s:e], prev_lang) for s, e, key in new))
-        joined = ("和" if prev_lang == "zh" else " and ").join(names)
-        out, pos = [], 0
-        for s, e, _ in old:
-            out.append(previous[pos:s])
-            out.append(joined)
-            pos = e
-        out.append(previous[pos:])
-        return "".join(out)
-    m = _TRAIL_PUNCT_RE.search(previous)
-    core, end = (previous[: m.start()], previous[m.start() :].strip()) if m else (previous, "")
-    sep = "" if (cjk_count(core[-1:]) and cjk_count(rest[:1])) else " "
-    return f"{core}{sep}{rest}{end}"
-
-
-def resolve_question(messages: list[tuple[str, str]]) -> str:
-    """The question to answer: the last user message, with a follow-up resolved against earlier user turns.
-
-    Each user turn is resolved in order, so a chain of follow-ups keeps the original topic.
-    Assistant, system and tool turns are not used.
-    """
-    resolved: str | None = None
-    for role, text in messages:
-        if role != "user" or not text.strip():
-            continue
-        rest = follow_up_rest(text) if resolved else None
-        resolved = carry_over(resolved, rest) if rest else text.strip()
-    assert resolved is not None  # parse_chat_request guarantees a final user message
-    return resolved
+def chat_question(req: ChatRequest, max_query_chars: int) -> str:
+    """The question the chat asks: its last user message with a follow-up resolved against the earlier
+    user turns (:func:`qiao.service.followup.resolve_question`), at most ``max_query_chars`` long."""
+    question = resolve_question([text for role, text in req.messages if role == "user"])
+    if len(question) > max_query_chars:
+        last = f"messages[{len(req.messages) - 1}].content"
+        raise OpenAIError(
+            f"the question, with the follow-up resolved against the earlier messages, is {len(question)} characters; "
+            f"the limit is {max_query_chars} (QIAO_MAX_QUERY_CHARS): ask the whole question in one shorter message",
+            status=422, param=last, code="string_above_max_length",
+        )
+    return question
 
 
 # --- the answer as chat text -------------------------------------------------------------------------
@@ -326,6 +276,36 @@ def _ask(service: QiaoService, snap, question: str, k: int, filters: SearchFilte
     return engine_for(snap, service.settings).ask(question, k=k, filters=filters.to_filters())
 
 
+def _answer_chat(raw: bytes, service: QiaoService):
+    """Parse, validate and answer one chat body (runs in a worker thread): ``(req, question, answer, content, snap)``."""
+    try:
+        body = json.loads(raw) if raw else None
+    except (ValueError, UnicodeDecodeError):
+        raise OpenAIError("the request body is not valid JSON", code="invalid_json") from None
+    except RecursionError:
+        raise OpenAIError("the request body is nested too deeply: send a flat JSON object with messages", code="invalid_json") from None
+    if body is None:
+        raise OpenAIError("the request body is empty: send a JSON object with messages", code="invalid_json")
+    settings = service.settings
+    req = parse_chat_request(body, settings)
+    snap = service.snapshot
+    if snap is None:
+        detail = service.load_error or "no index is loaded"
+        raise OpenAIError.of(NoIndex(f"{detail} (build it with `qiao index`)"))
+    try:
+        check_doc_ids(snap.index.documents, req.filters.doc_id)
+    except UnknownDocument as exc:
+        raise OpenAIError.of(exc, param="filters.doc_id") from None
+    question = chat_question(req, settings.max_query_chars)
+    try:
+        answer = _ask(service, snap, question, req.k, req.filters)
+    except QiaoError as exc:
+        raise OpenAIError.of(exc) from None
+    except Exception as exc:  # noqa: BLE001 - answered in the OpenAI shape rather than a bare 500
+        raise OpenAIError(f"the answer pipeline failed: {type(exc).__name__}: {exc}", status=500, type="server_error") from exc
+    return req, question, answer, render_content(answer, question), snap
+
+
 # --- routes -------------------------------------------------------------------------------------------
 
 _MODEL_CARD = {"id": MODEL_ID, "object": "model", "created": _CREATED, "owned_by": "qiao"}
@@ -380,33 +360,13 @@ def get_model(model: str):
 async def chat_completions(request: Request, service: QiaoService = Depends(get_service)):
     """Answer the last user message with citations, in the OpenAI chat format (``stream`` supported)."""
     try:
-        raw = await request.body()
-        try:
-            body = json.loads(raw) if raw else None
-        except (ValueError, UnicodeDecodeError):
-            raise OpenAIError("the request body is not valid JSON", code="invalid_json") from None
-        if body is None:
-            raise OpenAIError("the request body is empty: send a JSON object with messages", code="invalid_json")
-        req = parse_chat_request(body, getattr(service.settings, "max_query_chars", MAX_QUERY_CHARS))
-        snap = service.snapshot
-        if snap is None:
-            detail = service.load_error or "no index is loaded"
-            raise OpenAIError.of(NoIndex(f"{detail} (build it with `qiao index`)"))
-        try:
-            check_doc_ids(snap.index.documents, req.filters.doc_id)
-        except UnknownDocument as exc:
-            raise OpenAIError.of(exc, param="filters.doc_id") from None
-        question = resolve_question(req.messages)
-        try:
-            answer = await run_in_threadpool(_ask, service, snap, question, req.k, req.filters)
-        except QiaoError as exc:
-            raise OpenAIError.of(exc) from None
-        except Exception as exc:  # noqa: BLE001 - answered in the OpenAI shape rather than a bare 500
-            raise OpenAIError(f"the answer pipeline failed: {type(exc).__name__}: {exc}", status=500, type="server_error") from exc
+        raw = await request.body()  # bounded by QIAO_MAX_BODY_BYTES (api/limits.py)
+        # everything after reading the body costs CPU in proportion to the input: parsing, the
+        # follow-up resolution and the answer run in a worker thread, never on the event loop
+        req, question, answer, content, snap = await run_in_threadpool(_answer_chat, raw, service)
     except OpenAIError as exc:
         return exc.response()
 
-    content = render_content(answer, question)
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     fingerprint = snap.index.manifest.get("build_id")

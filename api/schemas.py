@@ -9,8 +9,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from qiao.retriever.filters import check_date_range, check_iso_date, resolve_region_names
 from qiao.retriever.models import Filters
 
-MAX_QUERY_CHARS = 2000
-
 
 class SearchFilters(BaseModel):
     """Facet filters. Every list is OR within itself; different filters are AND-ed."""
@@ -50,11 +48,20 @@ class SearchFilters(BaseModel):
         )
 
 
+def too_long(text: str, what: str, limit: int) -> str | None:
+    """The message for ``text`` longer than ``limit`` characters (``QIAO_MAX_QUERY_CHARS``), else None.
+
+    The limit is a setting, so it is checked where the settings are known (the routes, the CLI),
+    not in the models: a constant here would override ``QIAO_MAX_QUERY_CHARS``.
+    """
+    if len(text) <= limit:
+        return None
+    return f"{what} is {len(text)} characters; the limit is {limit} (QIAO_MAX_QUERY_CHARS): shorten it"
+
+
 def _check_text(v: str, what: str) -> str:
     if not v.strip():
         raise ValueError(f"{what} must not be empty or only whitespace")
-    if len(v) > MAX_QUERY_CHARS:
-        raise ValueError(f"{what} is {len(v)} characters; the limit is {MAX_QUERY_CHARS}: shorten it")
     if "\x00" in v:
         raise ValueError(f"{what} must not contain NUL characters")
     return v
@@ -63,7 +70,7 @@ def _check_text(v: str, what: str) -> str:
 class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    query: str = Field(..., description="English or Chinese (Simplified or Traditional)", examples=["哪些地区支持干细胞临床研究"])
+    query: str = Field(..., description="English or Chinese (Simplified or Traditional); at most QIAO_MAX_QUERY_CHARS (2,000) characters", examples=["哪些地区支持干细胞临床研究"])
     k: int = Field(10, ge=1, le=100, strict=True, description="number of hits, 1..100")  # strict: true is not 1
     mode: Literal["hybrid", "bm25", "vector"] = "hybrid"
     filters: SearchFilters = Field(default_factory=SearchFilters)
@@ -79,7 +86,7 @@ class AskRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     question: str = Field(
-        ..., description="English or Chinese (Simplified or Traditional)", examples=["which regions allow stem cell clinical trials"]
+        ..., description="English or Chinese (Simplified or Traditional); at most QIAO_MAX_QUERY_CHARS (2,000) characters", examples=["which regions allow stem cell clinical trials"]
     )
     k: int = Field(8, ge=1, le=100, strict=True, description="evidence chunks to answer from, 1..100")
     filters: SearchFilters = Field(default_factory=SearchFilters)

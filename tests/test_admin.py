@@ -30,6 +30,8 @@ NEW_DOC = (
 )
 NEW_QUERY = "porcine kidney xenotransplantation Hangzhou"
 
+WRITE = {"X-Qiao-Request": "1"}  # writes are refused without it (api/origin.py)
+
 
 # --- helpers -------------------------------------------------------------------------------
 
@@ -95,7 +97,7 @@ def built(fresh_service):
 @pytest.fixture()
 def client(built):
     service = built()
-    with TestClient(create_app(service.settings, service)) as c:
+    with TestClient(create_app(service.settings, service), headers={"X-Qiao-Request": "1"}) as c:
         c.service = service
         yield c
 
@@ -180,7 +182,7 @@ def test_cannot_remove_the_last_document(fresh_service, tmp_path):
     (corpus / "only.txt").write_text(NEW_DOC, encoding="utf-8")
     service = fresh_service(corpus_dir=corpus)
     service.reindex()
-    with TestClient(create_app(service.settings, service)) as c:
+    with TestClient(create_app(service.settings, service), headers={"X-Qiao-Request": "1"}) as c:
         doc_id = c.get("/documents").json()["documents"][0]["doc_id"]
         r = c.delete(f"/documents/{doc_id}")
         assert r.status_code == 409 and "at least one document" in r.json()["detail"]
@@ -302,7 +304,7 @@ def test_request_shape_errors(client):
 
 def test_upload_size_limit_is_413(built):
     service = built(max_upload_bytes=1000)
-    with TestClient(create_app(service.settings, service)) as c:
+    with TestClient(create_app(service.settings, service), headers={"X-Qiao-Request": "1"}) as c:
         build = c.get("/health").json()["build_id"]
         big = ("Stem cell policy sentence number %d.\n" * 200 % tuple(range(200))).encode()
         assert len(big) > 1000
@@ -328,7 +330,7 @@ def test_upload_size_limit_is_413(built):
 
 def test_write_endpoints_need_the_bearer_key_reads_do_not(built):
     service = built(api_key="s3cret-key")
-    with TestClient(create_app(service.settings, service)) as c:
+    with TestClient(create_app(service.settings, service), headers={"X-Qiao-Request": "1"}) as c:
         r = upload(c, "a.txt", NEW_DOC.encode())
         assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
         assert upload(c, "a.txt", NEW_DOC.encode(), headers={"Authorization": "Basic czNjcmV0"}).status_code == 401
@@ -410,7 +412,7 @@ def test_concurrent_searches_during_updates_all_succeed(built, monkeypatch):
         update: dict = {}
 
         def add():
-            update["r"] = httpx.post(f"{base}/documents", files=[("files", ("zhejiang.txt", NEW_DOC.encode(), "text/plain"))], timeout=60)
+            update["r"] = httpx.post(f"{base}/documents", files=[("files", ("zhejiang.txt", NEW_DOC.encode(), "text/plain"))], headers=WRITE, timeout=60)
 
         def searcher(i: int):
             with httpx.Client(base_url=base, timeout=60) as h:
@@ -437,7 +439,7 @@ def test_concurrent_searches_during_updates_all_succeed(built, monkeypatch):
         during = [srcs for _, srcs, t in results if t < t_build + 1.0]
         assert during and all("zhejiang.txt" not in s for s in during)
         # a reindex also serves searches meanwhile, then the new index answers
-        r = httpx.post(f"{base}/reindex", timeout=60)
+        r = httpx.post(f"{base}/reindex", headers=WRITE, timeout=60)
         assert r.status_code == 200
         assert httpx.get(f"{base}/health").json()["build_id"] not in (old_build,)
         assert httpx.post(f"{base}/search", json={"query": NEW_QUERY, "k": 1}).json()["hits"][0]["source"] == "zhejiang.txt"
@@ -537,7 +539,7 @@ def test_an_update_killed_after_the_index_switched_is_rolled_forward(built, monk
     assert "zhejiang.txt" not in {d.source for d in collect_documents(service.settings).documents}
     restarted = service_mod.QiaoService(service.settings)
     restarted._embedder = service.embedder
-    with TestClient(create_app(restarted.settings, restarted)) as c:
+    with TestClient(create_app(restarted.settings, restarted), headers={"X-Qiao-Request": "1"}) as c:
         listed = {d["source"] for d in c.get("/documents").json()["documents"]}
         stored = {d.source for d in collect_documents(restarted.settings).documents}
         assert "zhejiang.txt" in listed and listed == stored

@@ -74,6 +74,8 @@ from qiao.api.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
+WRITE = {"X-Qiao-Request": "1"}  # writes are refused without it (api/origin.py)
+
 
 # --- fixtures -------------------------------------------------------------------------------
 
@@ -215,7 +217,7 @@ def check_after_index_crash(world: World, data: Path, n_new_docs: int) -> str:
         state = "new"
     # a restarted server serves it, and has cleaned the crash's temporaries on load
     service = world.service(data)
-    with TestClient(create_app(service.settings, service)) as client:
+    with TestClient(create_app(service.settings, service), headers={"X-Qiao-Request": "1"}) as client:
         health = client.get("/health").json()
         assert health["status"] == "ok" and health["documents"] == docs
         r = client.post("/search", json={"query": "stem cell clinical research", "k": 3})
@@ -342,7 +344,7 @@ class Server:
             time.sleep(0.1)
 
     def upload(self, name: str = "zhejiang.txt", text: str = NEW_DOC):
-        return httpx.post(f"{self.url}/documents", files=[("files", (name, text.encode(), "text/plain"))], timeout=120)
+        return httpx.post(f"{self.url}/documents", files=[("files", (name, text.encode(), "text/plain"))], headers=WRITE, timeout=120)
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -426,7 +428,7 @@ def check_after_upload_crash(w: World, data: Path) -> None:
     added = loaded.manifest["build_id"] != w.old_build
     assert loaded.manifest["documents"] == (6 if added else 5)
     service = w.service(data)
-    with TestClient(create_app(service.settings, service)) as client:
+    with TestClient(create_app(service.settings, service), headers={"X-Qiao-Request": "1"}) as client:
         assert client.get("/health").json()["status"] == "ok"
         listed = {d["doc_id"] for d in client.get("/documents").json()["documents"]}
         stored = {d.doc_id for d in collect_documents(service.settings).documents}
@@ -492,7 +494,7 @@ def test_server_refuses_a_corrupt_index_and_recovers(world, damage):
         m["chunks"] += 7
         (build / "manifest.json").write_text(json.dumps(m))
     service = world.service(data, corpus=world.old_corpus)
-    with TestClient(create_app(service.settings, service)) as client:
+    with TestClient(create_app(service.settings, service), headers={"X-Qiao-Request": "1"}) as client:
         h = client.get("/health").json()
         assert h["status"] == "no_index" and "qiao index" in h["detail"]
         for method, path, body in [
@@ -552,7 +554,7 @@ def test_cli_add_while_the_server_reindexes(world):
         results = {}
 
         def reindex():
-            results["reindex"] = httpx.post(f"{server.url}/reindex", timeout=120).status_code
+            results["reindex"] = httpx.post(f"{server.url}/reindex", headers=WRITE, timeout=120).status_code
 
         t = threading.Thread(target=reindex)
         t.start()
@@ -564,8 +566,8 @@ def test_cli_add_while_the_server_reindexes(world):
         assert add.returncode == 0, add.stderr
         assert results.get("reindex") == 200
         # a second reindex by the server sees the CLI's document (it reads the store under the lock)
-        assert httpx.post(f"{server.url}/reindex", timeout=120).status_code == 200
-        hits = httpx.post(f"{server.url}/search", json={"query": NEW_QUERY, "k": 1}, timeout=120).json()["hits"]
+        assert httpx.post(f"{server.url}/reindex", headers=WRITE, timeout=120).status_code == 200
+        hits = httpx.post(f"{server.url}/search", json={"query": NEW_QUERY, "k": 1}, timeout=60).json()["hits"]  # may reload the index first
         assert hits[0]["source"] == "zhejiang.txt"
     finally:
         server.stop()
@@ -590,7 +592,7 @@ def test_a_writer_that_cannot_get_the_lock_gets_a_clear_busy_error(world):
         with pytest.raises(IndexBusyError, match="try again") as exc:
             service.add_documents([("zhejiang.txt", NEW_DOC.encode())], lock_timeout=0.5)
         assert time.monotonic() - t0 < 5
-    http = qiao_error_response(exc.value)
-    assert http.status_code == 503 and http.headers.get("Retry-After")
+    http = qiao_error_response(exc.value)  # the one HTTP mapping of the error family
+    assert http.status_code == 503 and http.headers.get("Retry-After") == "5"
     assert load_index(data / "index").manifest["build_id"] == before
     assert [p.name for p in (data / "documents").iterdir() if not p.name.startswith(".")] == []

