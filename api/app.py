@@ -9,6 +9,8 @@ from starlette.concurrency import run_in_threadpool
 
 from qiao.api.deps import get_service
 from qiao.api.errors import install_error_handlers, register_error_handlers, register_roots
+from qiao.api.logging_mw import install_request_logging
+from qiao.api.metrics import install_metrics
 from qiao.api.middleware import DEFAULT_MAX_BODY, JSONGateMiddleware, NoSniffMiddleware
 from qiao.api.limits import BodyLimitMiddleware, route_limits
 from qiao.api.origin import CrossSiteMiddleware
@@ -18,6 +20,7 @@ from qiao.api.routes_core import router as core_router
 from qiao.api.routes_openai import router as openai_router
 from qiao.api.routes_web import router as web_router
 from qiao.api.schemas import OpenAIErrorOut, error_responses
+from qiao.integrations.mcp_server import mount_mcp
 from qiao.service.core import QiaoService
 from qiao.settings import Settings, get_settings
 
@@ -55,6 +58,9 @@ def create_app(settings: Settings | None = None, service: QiaoService | None = N
     app.include_router(admin_router, responses=error_responses(400, 401, 403, 404, 409, 413, 415, 422, 503))
     app.include_router(web_router)
     _harden(app, settings)
+    install_metrics(app, service)  # GET /metrics (Prometheus) and per-route request metrics
+    install_request_logging(app, settings)  # one JSON log line per request, X-Request-ID (outermost middleware)
+    mount_mcp(app, service)  # MCP over streamable HTTP at /mcp, session manager inside the app's lifespan
     return app
 
 

@@ -179,10 +179,18 @@ def cmd_serve(args) -> int:
             super().handle_exit(sig, frame)
 
     config = uvicorn.Config(
-        create_app(settings, service), host=host, port=port, log_level="info",
+        create_app(settings, service), host=host, port=port, log_level="info", access_log=False,  # one JSON line per request: qiao.api.logging_mw
         timeout_graceful_shutdown=max(1, int(settings.shutdown_timeout_s)),
     )
     Server(config).run()
+    return 0
+
+
+def cmd_mcp(args) -> int:
+    """Serve the MCP tools (search, ask) and document resources on stdin/stdout."""
+    from qiao.integrations.mcp_server import run_stdio
+
+    run_stdio(_loaded_service(args))
     return 0
 
 
@@ -368,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host")
     s.add_argument("--port", type=int)
     s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("mcp", help="serve the MCP tools (search, ask) and document resources over stdio")
+    s.set_defaults(func=cmd_mcp)
 
     s = sub.add_parser("add", help="add documents (.txt, .md, .html, .pdf) and update the index")
     s.add_argument("files", nargs="+", metavar="FILE")

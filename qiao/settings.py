@@ -166,6 +166,9 @@ class Settings(BaseSettings):
     api_key: str | None = None
     api_docs: bool = Field(False, description="serve /docs and /redoc (their scripts come from a CDN); /openapi.json is always served")
     max_upload_bytes: int = 20 * 1024 * 1024
+    log_queries: bool = Field(
+        False, description="put the query / question text in the JSON request log lines (off by default: queries can be personal)"
+    )
     http_write_wait: float = Field(
         30.0, gt=0, description="seconds an HTTP write (upload, delete, reindex) waits for another writer before a 503 busy"
     )

@@ -31,6 +31,8 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 from filelock import Timeout
 
+from qiao.metrics import timed_update
+
 from qiao.service.documents import DocumentStore
 from qiao.corpus.extract import ExtractLimits, Extracted, TooMuchText, extract
 from qiao.corpus.loader import DocumentError, LoadResult, load_documents
@@ -503,6 +505,7 @@ class QiaoService:
             )
         return items
 
+    @timed_update("add")
     def add_documents(self, files: list[tuple[str, bytes]], lock_timeout: float = 600, **build_kw) -> UpdateReport:
         """Store and index uploaded files. Raises DocumentError (bad file), DuplicateDocumentError,
         IndexBusyError or UpdateError; on any of them nothing changed."""
@@ -526,6 +529,7 @@ class QiaoService:
         report.seconds = time.perf_counter() - t0
         return self._report("add", added, report, [str(e) for e in current.errors], chunks)
 
+    @timed_update("remove")
     def remove_document(self, doc_id: str, lock_timeout: float = 600, **build_kw) -> UpdateReport:
         """Remove a document (uploaded or from the corpus directory) and rebuild the index.
         Raises UnknownDocumentError, IndexBusyError or UpdateError; on any of them nothing changed."""
@@ -543,6 +547,7 @@ class QiaoService:
         report.seconds = time.perf_counter() - t0
         return self._report("remove", [doc], report, [str(e) for e in current.errors], chunks)
 
+    @timed_update("reindex")
     def reindex(self, lock_timeout: float = 600, **build_kw) -> UpdateReport:
         """Rebuild the index from the documents on disk (only new or changed chunks are embedded)."""
         with self._locked(lock_timeout):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import importlib.util
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 from langchain_core.documents import Document
@@ -15,7 +17,7 @@ from langchain_core.messages import ToolMessage
 from langchain_core.runnables import RunnableLambda
 from pydantic import ValidationError
 
-from qiao.retriever.langchain import QiaoRetriever, QiaoSearchError, format_documents
+from qiao.integrations.langchain import QiaoRetriever, QiaoSearchError, format_documents
 from qiao.settings import PROJECT_ROOT
 from support import free_port
 
@@ -158,3 +160,111 @@ def test_example_runs_as_a_script_offline(seed_service):
     assert r.stdout.startswith("Question: 天津 基因和细胞产业") and "[2] " in r.stdout and "[3] " not in r.stdout
     bad = subprocess.run(args + ["--region", "Atlantis"], capture_output=True, text=True, env=env, timeout=300, cwd="/")
     assert bad.returncode == 2 and "Atlantis" in bad.stderr and "Traceback" not in bad.stderr
+
+
+# --- per-call arguments (issue 16) ------------------------------------------------------------------
+
+
+def test_per_call_arguments_override_for_that_call_only(local, seed_service):
+    q = "stem cell clinical research"
+    assert len(local.invoke(q, k=1)) == 1 and len(local.invoke(q, k=7)) == 7
+    assert len(local.invoke(q)) == 4 and local.k == 4  # the instance is unchanged
+    bm25 = local.invoke(q, mode="bm25", k=5)
+    assert [d.id for d in bm25] == [h.chunk.chunk_id for h in seed_service.snapshot.retriever.search(q, k=5, mode="bm25")]
+    beijing = local.invoke(q, region=["北京"], lang=["zh"], k=6)
+    assert beijing and all("Beijing" in d.metadata["regions"] and d.metadata["lang"] == "zh" for d in beijing)
+    dated = local.invoke(q, date_from="2023-01-01", k=10)
+    assert dated and all(d.metadata["date"] and d.metadata["date"] >= "2023-01-01" for d in dated)
+    one_doc = beijing[0].metadata["doc_id"]
+    assert {d.metadata["doc_id"] for d in local.invoke(q, doc_id=[one_doc], k=10)} == {one_doc}
+    # batch passes the same arguments to every input
+    assert [len(docs) for docs in local.batch(["stem cell", "gene therapy"], k=2)] == [2, 2]
+    # async, both overrides at once
+    adocs = asyncio.run(local.ainvoke(q, k=2, mode="vector"))
+    assert [d.id for d in adocs] == [h.chunk.chunk_id for h in seed_service.snapshot.retriever.search(q, k=2, mode="vector")]
+
+
+def test_per_call_arguments_are_validated(local, server_url):
+    remote = QiaoRetriever.from_url(server_url, k=4)
+    for r in (local, remote):
+        with pytest.raises(ValidationError, match="Atlantis"):
+            r.invoke("stem cell", region=["Atlantis"])
+        with pytest.raises(ValidationError, match="k"):
+            r.invoke("stem cell", k=0)
+        with pytest.raises(ValidationError, match="mode"):
+            r.invoke("stem cell", mode="fuzzy")
+        with pytest.raises(ValidationError, match="YYYY-MM-DD"):
+            r.invoke("stem cell", date_to="soon")
+        with pytest.raises(ValidationError, match="after"):
+            r.invoke("stem cell", date_from="2024-01-01", date_to="2023-01-01")
+        with pytest.raises(TypeError, match="top_k.*per-call arguments are k, mode"):
+            r.invoke("stem cell", top_k=3)
+        with pytest.raises(ValidationError, match="Atlantis"):
+            asyncio.run(r.ainvoke("stem cell", region=["Atlantis"]))
+    assert local.region is None and remote.region is None
+
+
+def test_remote_per_call_arguments(server_url, local):
+    remote = QiaoRetriever.from_url(server_url, k=4)
+    q = "Tianjin gene and cell industry promotion regulations"
+    assert [d.id for d in remote.invoke(q, k=2)] == [d.id for d in local.invoke(q, k=2)]
+    zh = asyncio.run(remote.ainvoke("干细胞", k=2, region=["Beijing"], lang=["zh"]))
+    assert len(zh) == 2 and all(d.metadata["lang"] == "zh" and "Beijing" in d.metadata["regions"] for d in zh)
+    assert [len(x) for x in remote.batch([q, "stem cell"], k=1)] == [1, 1]
+
+
+class _NoThreads(concurrent.futures.ThreadPoolExecutor):
+    def submit(self, *a, **kw):  # any use of the loop's executor fails the test
+        raise AssertionError("ainvoke used a worker thread")
+
+
+def test_async_url_backend_runs_on_the_loop_and_local_off_it(server_url, local, seed_service):
+    remote = QiaoRetriever.from_url(server_url, k=2)
+    queries = ["stem cell", "gene therapy", "天津 细胞治疗", "Boao Lecheng"]
+
+    async def remote_many():
+        asyncio.get_running_loop().set_default_executor(_NoThreads())
+        return await asyncio.gather(*(remote.ainvoke(q) for q in queries))
+
+    results = asyncio.run(remote_many())
+    assert [len(r) for r in results] == [2, 2, 2, 2]
+
+    loop_thread, seen = None, []
+    inner = seed_service.snapshot.retriever
+
+    class Recording:
+        index = inner.index
+
+        def search(self, *a, **kw):
+            seen.append(threading.get_ident())
+            return inner.search(*a, **kw)
+
+    async def local_one():
+        nonlocal loop_thread
+        loop_thread = threading.get_ident()
+        return await QiaoRetriever(backend=Recording(), k=2).ainvoke("stem cell")
+
+    assert len(asyncio.run(local_one())) == 2
+    assert seen and loop_thread not in seen  # the CPU-bound local search ran in a worker thread
+
+
+@pytest.mark.filterwarnings("ignore::langchain_core._api.beta_decorator.LangChainBetaWarning")
+def test_as_tool_takes_per_call_arguments(local):
+    tool = local.as_tool()
+    assert tool.name == "qiao_search" and set(tool.args) == {"query", "k", "mode", "lang", "region", "date_from", "date_to", "doc_id"}
+    docs = tool.invoke({"query": "干细胞", "k": 2, "region": ["北京"]})
+    assert len(docs) == 2 and all("Beijing" in d.metadata["regions"] for d in docs)
+    assert len(tool.invoke("stem cell")) == 4  # a bare string is the query; instance k
+    assert len(asyncio.run(tool.ainvoke({"query": "stem cell", "k": 1}))) == 1
+    with pytest.raises(ValidationError):
+        tool.invoke({"query": "stem cell", "k": 500})
+
+
+def test_import_qiao_is_lazy_about_langchain():
+    code = (
+        "import sys, qiao; assert not [m for m in sys.modules if m.startswith('langchain')], 'langchain imported';"
+        "from qiao import QiaoRetriever; import qiao.integrations.langchain as m; assert QiaoRetriever is m.QiaoRetriever;"
+        "assert 'langchain_core' in sys.modules; print('ok')"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr

@@ -13,7 +13,19 @@ checked with ``GET /documents/{doc_id}?start=..&end=..``. The facet filters of `
 ``retriever.with_filters(region=["Tianjin"])`` gives a filtered copy.
 
 Because it is a ``BaseRetriever`` it is a Runnable: it composes in LCEL chains
-(``retriever | format_docs``) and ``retriever.as_tool()`` turns it into an agent tool.
+(``retriever | format_docs``), and ``retriever.as_tool()`` gives an agent a ``StructuredTool`` whose
+arguments are the query and the optional per-call ``k``, ``mode`` and filters.
+
+Per-call arguments, as LangChain's own retrievers take them: ``retriever.invoke(q, k=1)``,
+``ainvoke(q, region=["北京"])``, ``batch([q1, q2], k=3)``. ``k``, ``mode`` and the filter fields
+given to a call replace the instance's for that call only; they are validated by the same model as
+the constructor (a bad value raises ``pydantic.ValidationError`` naming the field, an unknown
+argument a ``TypeError`` listing the accepted ones), so a typo never falls back to a silent default.
+
+Async: the URL backend awaits ``httpx.AsyncClient`` (no thread, the event loop is never blocked);
+the local backend's search is CPU work (embedding, FAISS, BM25), so ``ainvoke`` runs it in a worker
+thread of the loop's executor. LangChain's standard ``RetrieversIntegrationTests`` run on both
+backends in tests/test_langchain_standard.py.
 """
 
 from __future__ import annotations
@@ -24,10 +36,16 @@ import httpx
 from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from qiao.retriever.filters import check_date_range, check_iso_date, resolve_region_names
 from qiao.retriever.models import Filters, Hit
+
+
+CALL_ARGS = ("k", "mode", "lang", "region", "date_from", "date_to", "doc_id")
+"""Fields a single ``invoke`` / ``ainvoke`` / ``batch`` call may override."""
+
+_IGNORED_CALL_ARGS = frozenset({"verbose"})  # BaseRetriever.invoke forwards its own ``verbose`` flag
 
 
 class QiaoSearchError(RuntimeError):
@@ -73,6 +91,19 @@ def _error_detail(resp: httpx.Response) -> str:
     if isinstance(detail, list):  # FastAPI validation errors
         return "; ".join(f"{'.'.join(map(str, e.get('loc', ())[1:]))}: {e.get('msg')}" for e in detail if isinstance(e, dict))
     return str(detail)
+
+
+class QiaoToolInput(BaseModel):
+    """Arguments of ``QiaoRetriever.as_tool()``: the query and the optional per-call overrides."""
+
+    query: str = Field(description="the search query, in English or Chinese")
+    k: int | None = Field(None, ge=1, le=100, description="number of passages, 1..100")
+    mode: Literal["hybrid", "bm25", "vector"] | None = None
+    lang: list[Literal["en", "zh"]] | None = Field(None, description='languages to keep: "en", "zh"')
+    region: list[str] | None = Field(None, description="regions in English, Simplified or Traditional Chinese")
+    date_from: str | None = Field(None, description="inclusive, YYYY-MM-DD")
+    date_to: str | None = Field(None, description="inclusive, YYYY-MM-DD")
+    doc_id: list[str] | None = Field(None, description="restrict to these document ids")
 
 
 class QiaoRetriever(BaseRetriever):
@@ -155,6 +186,46 @@ class QiaoRetriever(BaseRetriever):
         data.update(kw)
         return type(self)(**data)
 
+    def _for_call(self, kwargs: dict) -> "QiaoRetriever":
+        """The retriever one call runs with: this one, or a validated copy with the call's
+        ``k`` / ``mode`` / filter arguments in place of the instance's."""
+        overrides = {name: value for name, value in kwargs.items() if name not in _IGNORED_CALL_ARGS}
+        unknown = sorted(set(overrides) - set(CALL_ARGS))
+        if unknown:
+            raise TypeError(
+                f"unknown argument(s) {', '.join(map(repr, unknown))} for QiaoRetriever.invoke; "
+                f"per-call arguments are {', '.join(CALL_ARGS)}"
+            )
+        return self.with_filters(**overrides) if overrides else self
+
+    # --- as an agent tool --------------------------------------------------------------------------
+    def as_tool(self, args_schema=None, *, name: str | None = None, description: str | None = None, arg_types=None):
+        """An agent tool. Without ``args_schema`` / ``arg_types`` it is a ``StructuredTool`` whose
+        arguments are ``query`` plus the optional per-call ``k``, ``mode`` and filters (so a model can
+        ask for 3 passages from Beijing); a bare string still works (it is the query).
+
+        ``Runnable.as_tool()`` would give a plain ``Tool`` here (the input is a string), whose input
+        schema LangChain derives from ``invoke``'s signature (``input``, ``config``): it fails
+        LangChain's own ``test_input_schema_matches_invoke_params``."""
+        if args_schema is not None or arg_types is not None:
+            return super().as_tool(args_schema, name=name, description=description, arg_types=arg_types)
+        from langchain_core.tools import StructuredTool
+
+        def run(query: str, callbacks=None, **kw) -> list[Document]:
+            return self.invoke(query, config={"callbacks": callbacks}, **{a: v for a, v in kw.items() if v is not None})
+
+        async def arun(query: str, callbacks=None, **kw) -> list[Document]:
+            return await self.ainvoke(query, config={"callbacks": callbacks}, **{a: v for a, v in kw.items() if v is not None})
+
+        return StructuredTool.from_function(
+            func=run,
+            coroutine=arun,
+            name=name or "qiao_search",
+            description=description
+            or "Search bilingual (English / Chinese) documents; returns passages with their source and exact offsets.",
+            args_schema=QiaoToolInput,
+        )
+
     # --- the search itself -----------------------------------------------------------------------
     def filters(self) -> Filters:
         return Filters(
@@ -201,29 +272,33 @@ class QiaoRetriever(BaseRetriever):
             raise QiaoSearchError(f"Qiao server at {self.base_url} answered {resp.status_code}: {_error_detail(resp)}")
         return [hit_to_document(h) for h in resp.json()["hits"]]
 
-    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
-        if self.backend is not None:
-            return [hit_to_document(h.to_dict()) for h in self._local_search(query)]
+    def _get_relevant_documents(
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any
+    ) -> list[Document]:
+        call = self._for_call(kwargs)
+        if call.backend is not None:
+            return [hit_to_document(h.to_dict()) for h in call._local_search(query)]
         try:
-            resp = httpx.post(f"{self.base_url}/search", json=self._request_body(query), headers=self._headers(), timeout=self.timeout)
+            resp = httpx.post(f"{call.base_url}/search", json=call._request_body(query), headers=call._headers(), timeout=call.timeout)
         except httpx.HTTPError as exc:
-            raise QiaoSearchError(f"cannot reach the Qiao server at {self.base_url}: {exc}") from exc
-        return self._parse(resp)
+            raise QiaoSearchError(f"cannot reach the Qiao server at {call.base_url}: {exc}") from exc
+        return call._parse(resp)
 
     async def _aget_relevant_documents(
-        self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun
+        self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any
     ) -> list[Document]:
-        if self.backend is not None:
+        call = self._for_call(kwargs)
+        if call.backend is not None:
             from langchain_core.runnables.config import run_in_executor
 
-            hits = await run_in_executor(None, self._local_search, query)
+            hits = await run_in_executor(None, call._local_search, query)
             return [hit_to_document(h.to_dict()) for h in hits]
         try:
-            async with httpx.AsyncClient(timeout=self.timeout) as client:
-                resp = await client.post(f"{self.base_url}/search", json=self._request_body(query), headers=self._headers())
+            async with httpx.AsyncClient(timeout=call.timeout) as client:
+                resp = await client.post(f"{call.base_url}/search", json=call._request_body(query), headers=call._headers())
         except httpx.HTTPError as exc:
-            raise QiaoSearchError(f"cannot reach the Qiao server at {self.base_url}: {exc}") from exc
-        return self._parse(resp)
+            raise QiaoSearchError(f"cannot reach the Qiao server at {call.base_url}: {exc}") from exc
+        return call._parse(resp)
 
 
 def format_citation(doc: Document) -> str:
@@ -242,4 +317,4 @@ def format_documents(docs: list[Document]) -> str:
     )
 
 
-__all__ = ["QiaoRetriever", "QiaoSearchError", "hit_to_document", "hit_metadata", "format_citation", "format_documents"]
+__all__ = ["CALL_ARGS", "QiaoRetriever", "QiaoToolInput", "QiaoSearchError", "hit_to_document", "hit_metadata", "format_citation", "format_documents"]
