@@ -642,6 +642,7 @@ class MilvusIndex(LoadedIndex):
     # (a build). Document weights keep ``avgdl_ref``; df, n and the mean length follow the rows.
 
     def add_chunks(self, chunks, vectors, tokens, documents=()):
+        self.second_index = None  # its rows would no longer match: the second signal is off until a rebuild
         if len(chunks) != len(vectors) or len(chunks) != len(tokens):
             raise ValueError(f"{len(chunks)} chunks, {len(vectors)} vectors and {len(tokens)} token lists: they must match")
         if not len(chunks):
@@ -655,6 +656,7 @@ class MilvusIndex(LoadedIndex):
             self.documents[d.doc_id] = d
 
     def delete_documents(self, doc_ids):
+        self.second_index = None  # its rows would no longer match: the second signal is off until a rebuild
         from qiao.index.analysers import tokenize_many
         from qiao.index.store import bm25_text
 
