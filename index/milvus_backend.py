@@ -485,7 +485,7 @@ class MilvusIndex(LoadedIndex):
         row_pk = np.array([pk_of(c.chunk_id) for c in base.chunks], dtype=np.int64)
         idx = cls(
             **{f: getattr(base, f) for f in ("path", "manifest", "documents", "chunks", "bm25", "vector_index",
-                                               "chunk_lang", "chunk_date", "chunk_doc", "region_rows")},
+                                               "chunk_lang", "chunk_date", "chunk_doc", "region_rows", "second_index")},
             client=client, collection=name, terms=terms, settings=settings,
         )
         idx._row_pk = row_pk
@@ -643,6 +643,7 @@ class MilvusIndex(LoadedIndex):
     # (a build). Document weights keep ``avgdl_ref``; df, n and the mean length follow the rows.
 
     def add_chunks(self, chunks, vectors, tokens, documents=()):
+        self.second_index = None  # its rows would no longer match: the second signal is off until a rebuild
         if len(chunks) != len(vectors) or len(chunks) != len(tokens):
             raise ValueError(f"{len(chunks)} chunks, {len(vectors)} vectors and {len(tokens)} token lists: they must match")
         if not len(chunks):
@@ -656,6 +657,7 @@ class MilvusIndex(LoadedIndex):
             self.documents[d.doc_id] = d
 
     def delete_documents(self, doc_ids):
+        self.second_index = None  # its rows would no longer match: the second signal is off until a rebuild
         from qiao.index.analysers import tokenize_many
         from qiao.index.store import bm25_text
 

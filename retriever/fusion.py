@@ -141,7 +141,7 @@ def calibrated_fusion(
     trust_low: float,
     trust_high: float,
     lang_renorm: bool,
-    second: SecondSignal | None = None,
+    second: SecondSignal | None,
 ) -> dict[int, float]:
     """Language-calibrated score fusion (see the module docstring). Returns ``{row: fused score}``.
 

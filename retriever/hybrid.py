@@ -261,7 +261,7 @@ class HybridRetriever:
         return sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))
 
     def search(self, query: str, k: int = 10, mode: str = "hybrid", filters: Filters | None = None) -> list[Hit]:
-        if mode not in MODES:
+        if mode not in EVAL_MODES:  # the API accepts MODES only; vector2 is for `qiao eval`
             raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
         if self.index.size == 0:
             return []

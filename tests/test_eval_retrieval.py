@@ -218,15 +218,15 @@ def test_calibrated_fusion_balances_languages_and_gates_bm25():
     bm25_all[[3, 1]] = [10.0, 4.0]
     cos_of = lambda rows: np.array([{**dict(zip(en_rows, en_cos)), **dict(zip(zh_rows, zh_cos))}[int(r)] for r in rows])  # noqa: E731
     strong = calibrated_fusion(np.array([3, 1]), bm25_all, lists, lang, cos_of, bm25_weight=6.0, lang_top=6,
-                               match=1.0, trust_low=0.05, trust_high=0.5, lang_renorm=False)
+                               match=1.0, trust_low=0.05, trust_high=0.5, lang_renorm=False, second=None)
     assert max(strong, key=strong.get) == 3
     # renormalising per language keeps the other language's best (row 6) next to the BM25 winner
     renorm = calibrated_fusion(np.array([3, 1]), bm25_all, lists, lang, cos_of, bm25_weight=6.0, lang_top=6,
-                               match=1.0, trust_low=0.05, trust_high=0.5, lang_renorm=True)
+                               match=1.0, trust_low=0.05, trust_high=0.5, lang_renorm=True, second=None)
     assert sorted(renorm, key=lambda r: -renorm[r])[:2] in ([3, 6], [6, 3])
     assert sorted(strong, key=lambda r: -strong[r]).index(6) > 1  # without it, BM25-boosted row 1 gets ahead
     weak = calibrated_fusion(np.array([3, 1]), bm25_all, lists, lang, cos_of, bm25_weight=6.0, lang_top=6,
-                             match=0.01, trust_low=0.05, trust_high=0.5, lang_renorm=False)
+                             match=0.01, trust_low=0.05, trust_high=0.5, lang_renorm=False, second=None)
     assert sorted(weak, key=lambda r: -weak[r])[:2] == order[:2]
     assert bm25_trust(0.01, 0.05, 0.5) == 0.0 and bm25_trust(0.6, 0.05, 0.5) == 1.0
     assert bm25_trust(0.275, 0.05, 0.5) == pytest.approx(0.5)
