@@ -5,6 +5,7 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
 
 from qiao.api.deps import get_service
 from qiao.api.errors import install_error_handlers, register_error_handlers, register_roots
@@ -29,7 +30,12 @@ def create_app(settings: Settings | None = None, service: QiaoService | None = N
     async def lifespan(app: FastAPI):
         if load and service.snapshot is None:
             service.try_load()  # a missing index is reported by /health and 503s, not a crash
+        started = service.enable_pool()  # one embedding engine per core, short queries in a lane of their own
         yield
+        if service.stopping:  # a signal began the shutdown (qiao serve): let a cancelled update finish rolling back
+            await run_in_threadpool(service.shutdown, settings.shutdown_timeout_s)
+        elif started:
+            service.disable_pool()
 
     app = FastAPI(
         title="Qiao 桥",

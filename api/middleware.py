@@ -126,8 +126,9 @@ def check_json_body(body: bytes) -> None:
 
 
 class JSONGateMiddleware:
-    """Buffers a non-form request body (up to ``max_body`` bytes), checks it with :func:`check_json_body`,
-    then replays it to the app unchanged."""
+    """Buffers a non-form request body, checks it with :func:`check_json_body`, then replays it to the app
+    unchanged. Bodies over ``max_body`` (QIAO_MAX_BODY_BYTES) are passed on unchecked: the body-limit
+    middleware outside refuses them except on routes with their own limit (uploads), which parse no JSON."""
 
     def __init__(self, app: ASGIApp, max_body: int = DEFAULT_MAX_BODY):
         self.app = app
@@ -149,13 +150,14 @@ class JSONGateMiddleware:
             message = await receive()
             if message["type"] == "http.disconnect":
                 return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
-                await _reject(scope, send, 413, f"the request body is larger than {self.max_body} bytes: send less")
-                return
-            chunks.append(chunk)
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
             more = message.get("more_body", False)
+            if size > self.max_body:
+                # larger than any JSON body may be: only a route with its own larger limit (uploads, checked
+                # by the body-limit middleware outside) gets here, and it does not parse JSON; pass it on
+                await self.app(scope, _replay(chunks, receive, more_after=more), send)
+                return
         body = b"".join(chunks)
         if body:
             try:
@@ -163,17 +165,20 @@ class JSONGateMiddleware:
             except BodyRejected as exc:
                 await _reject(scope, send, 422, str(exc))
                 return
+        await self.app(scope, _replay([body], receive, more_after=False), send)
 
-        replayed = False
 
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
+def _replay(chunks: list[bytes], receive: Receive, more_after: bool) -> Receive:
+    """A ``receive`` that hands out the already-read ``chunks`` first, then the rest of the stream."""
+    pending = list(chunks)
 
-        await self.app(scope, replay, send)
+    async def replay() -> Message:
+        if pending:
+            body = pending.pop(0)
+            return {"type": "http.request", "body": body, "more_body": bool(pending) or more_after}
+        return await receive()
+
+    return replay
 
 
 async def _reject(scope: Scope, send: Send, status: int, message: str) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
+from qiao.api.budget import ClientGone, bounded, client_gone_response
 from qiao.api.deps import check_text_length, get_service, get_snapshot
 from qiao.api.errors import redact_paths
 from qiao.api.schemas import (
@@ -40,13 +41,22 @@ def health(service: QiaoService = Depends(get_service)) -> HealthResponse:
 
 
 @router.post("/search", response_model=SearchResponse, tags=["search"], responses=error_responses(400, 404, 422, 503))
-def search(
-    req: SearchRequest, snap: Snapshot = Depends(get_snapshot), service: QiaoService = Depends(get_service)
+async def search(
+    req: SearchRequest, request: Request, snap: Snapshot = Depends(get_snapshot), service: QiaoService = Depends(get_service)
 ) -> SearchResponse:
-    """Ranked passages for a query in English or Chinese, with their exact offsets into the source."""
+    """Ranked passages for a query in English or Chinese, with their exact offsets into the source.
+    Runs in a worker thread within ``QIAO_REQUEST_TIMEOUT_S`` (503 after it); a client that
+    disconnects cancels its queued work."""
     check_text_length(req.query, "query", service)
-    t0 = time.perf_counter()
     check_doc_ids(snap.index.documents, req.filters.doc_id)
+    try:
+        return await bounded(request, service.settings.request_timeout_s, _search, req, snap)
+    except ClientGone:
+        return client_gone_response()
+
+
+def _search(req: SearchRequest, snap: Snapshot) -> SearchResponse:
+    t0 = time.perf_counter()
     hits = snap.retriever.search(req.query, k=req.k, mode=req.mode, filters=req.filters.to_filters())
     return SearchResponse(
         query=req.query, mode=req.mode, took_ms=round((time.perf_counter() - t0) * 1000, 3),

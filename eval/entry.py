@@ -15,7 +15,7 @@ from qiao.errors import Invalid
 from qiao.eval.beir import load_beir
 from qiao.eval.report import text_table, write_report
 from qiao.eval.run import EvalResult, evaluate
-from qiao.retriever.models import MODES
+from qiao.retriever.models import EVAL_MODES
 
 
 @dataclass
@@ -45,13 +45,14 @@ def run_retrieval_eval(
     progress: bool = True,
     log: Callable[[str], None] = lambda s: None,
 ) -> RetrievalEvalRun:
-    """Evaluate every dataset in each mode (default: bm25, vector, hybrid); with ``report_dir``,
+    """Evaluate every dataset in each mode (default: bm25, vector, vector2 when the index has the
+    second embedder's vectors, hybrid); with ``report_dir``,
     also write report.md, modes.png and results.json there. Raises :class:`qiao.errors.Invalid`
     (a bad mode or sample) or :class:`qiao.eval.beir.DatasetError` (a bad dataset)."""
-    modes = list(modes or ["bm25", "vector", "hybrid"])
-    for m in modes:
-        if m not in MODES:
-            raise Invalid(f"unknown mode {m!r}; use one of {', '.join(MODES)}")
+    modes = list(modes) if modes else None  # None: every signal the eval index has, then hybrid
+    for m in modes or ():
+        if m not in EVAL_MODES:
+            raise Invalid(f"unknown mode {m!r}; use one of {', '.join(EVAL_MODES)}")
     if sample is not None and sample < 1:
         raise Invalid("--sample must be at least 1")
     datasets = [load_beir(d, split=split) for d in dataset_dirs]

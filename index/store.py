@@ -3,7 +3,8 @@
 Layout under ``root`` (``Settings.index_dir``)::
 
     root/current            -> builds/<build_id>   (symlink, swapped atomically)
-    root/builds/<build_id>/  manifest.json, documents.jsonl, chunks.jsonl, vectors.faiss, bm25/
+    root/builds/<build_id>/  manifest.json, documents.jsonl, chunks.jsonl, vectors.faiss, bm25/,
+                             vectors2.faiss (the second embedder's vectors, when configured)
     root/builds/.tmp-*       a build in progress (never loaded; removed by the next build)
     root/.lock               serialises writers
 
@@ -42,6 +43,8 @@ from qiao.index.vectors import VectorIndex
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 DATA_FILES = ("documents.jsonl", "chunks.jsonl", "vectors.faiss")
+SECOND_VECTORS = "vectors2.faiss"
+"""The second embedder's vectors (index/use_embedder.py), when one is configured; rows as in vectors.faiss."""
 MILVUS_DATA_FILES = ("documents.jsonl", "chunks.jsonl", "terms.json")  # QIAO_BACKEND=milvus: vectors live in Milvus
 
 
@@ -205,6 +208,8 @@ def build_index(
         tokens = tokenize_many([bm25_text(c) for c in chunks])
         vectors = embedder.embed_passages([c.embed_text for c in chunks], batch_size=settings.embed_batch_size, progress=progress)
         embedded = embedder.last_embedded
+        second = getattr(embedder, "second", None)  # the second embedder (index/use_embedder.py), if configured
+        vectors2 = embed_second(second, chunks, settings, progress) if second is not None else None
 
         build_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
         tmp = builds / f".tmp-{build_id}"
@@ -219,6 +224,10 @@ def build_index(
                 vectors, hnsw_threshold=settings.hnsw_threshold, hnsw_m=settings.hnsw_m, ef_search=settings.hnsw_ef_search
             ).save(tmp / "vectors.faiss")
             BM25Index.build(tokens).save(tmp / "bm25")
+        if vectors2 is not None:  # the second embedder's vectors: a FAISS file beside the rows, whatever the backend
+            VectorIndex.build(
+                vectors2, hnsw_threshold=settings.hnsw_threshold, hnsw_m=settings.hnsw_m, ef_search=settings.hnsw_ef_search
+            ).save(tmp / SECOND_VECTORS)
 
         files = {}
         for p in sorted(tmp.rglob("*")):
@@ -233,6 +242,10 @@ def build_index(
             "build_id": build_id,
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "embedder": {"backend": settings.embedder, "model_id": embedder.model_id, "dim": int(embedder.dim)},
+            "second_embedder": (
+                {"model_id": second.model_id, "dim": int(second.dim), "file": SECOND_VECTORS}
+                if second is not None and vectors2 is not None else None
+            ),
             "documents": len(documents),
             "chunks": len(chunks),
             "vector_index": "hnsw" if len(chunks) > settings.hnsw_threshold else "flat",
@@ -262,6 +275,22 @@ def build_index(
         return BuildReport(final, build_id, len(documents), len(chunks), embedded, time.perf_counter() - t0)
     finally:
         lock.release()
+
+
+def embed_second(second: IndexEmbedder, chunks: Sequence[Chunk], settings, progress: bool = False) -> np.ndarray:
+    """The second embedder's passage vectors (same texts as the first; its own cache keys)."""
+    return second.embed_passages([c.embed_text for c in chunks], batch_size=settings.embed_batch_size, progress=progress)
+
+
+def load_second(build: Path, manifest: dict, n: int, ef_search: int | None = None) -> VectorIndex | None:
+    """The second embedder's vectors of a build (None when it was built without one)."""
+    meta = manifest.get("second_embedder")
+    if not meta:
+        return None
+    vi = VectorIndex.load(build / SECOND_VECTORS, ef_search)
+    if vi.size != n or vi.dim != meta.get("dim"):
+        raise ValueError(f"second vector index holds {vi.size}x{vi.dim}, expected {n}x{meta.get('dim')}")
+    return vi
 
 
 def current_build(root: Path) -> Path | None:
@@ -346,6 +375,7 @@ class LoadedIndex:
     chunk_doc: np.ndarray  # (n,) '<U32' doc_id
     region_rows: dict[str, np.ndarray] = field(default_factory=dict)  # region key -> sorted row ids
     _lang_masks: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    second_index: VectorIndex | None = None  # the second embedder's vectors (manifest "second_embedder"), if any
 
     @property
     def size(self) -> int:
@@ -410,6 +440,31 @@ class LoadedIndex:
     def vectors(self, rows: np.ndarray) -> np.ndarray:
         return self.vector_index.reconstruct(rows)
 
+    # --- the second embedder's vectors (index/use_embedder.py): same rows, same searches ---------
+    @property
+    def second_dim(self) -> int | None:
+        """Dimension of the second embedder's vectors, None when this index has none."""
+        return None if self.second_index is None else self.second_index.dim
+
+    def second_dense_search(
+        self, query_vector: np.ndarray, k: int, *, lang: str | None = None, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`dense_search` over the second embedder's vectors (empty without them)."""
+        vi = self.second_index
+        if vi is None:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        if lang is None:
+            return vi.search(query_vector, k, allowed=allowed)
+        if allowed is None:
+            return vi.search(query_vector, k, allowed=self._lang_mask(lang), cache_key=("lang", lang))
+        return vi.search(query_vector, k, allowed=self._lang_mask(lang) & allowed)
+
+    def second_vectors(self, rows: np.ndarray) -> np.ndarray:
+        """The second embedder's stored vectors of ``rows``."""
+        if self.second_index is None:
+            raise ValueError("this index holds no second-embedder vectors")
+        return self.second_index.reconstruct(rows)
+
     def lexical_scores(self, tokens: Sequence[str], extra: Sequence[str] = (), extra_weight: float = 0.0) -> np.ndarray:
         return self.bm25.weighted_scores(tokens, extra, extra_weight)
 
@@ -424,6 +479,7 @@ class LoadedIndex:
         old_tokens = tokenize_many([bm25_text(c) for c in self.chunks])  # bm25s cannot add: re-index
         self._set_rows([*self.chunks, *chunks], BM25Index.build([*old_tokens, *tokens]))
         self.vector_index.add(vectors)
+        self.second_index = None  # no second vectors came with these rows: the second signal is off until a rebuild
         for d in documents:
             self.documents[d.doc_id] = d
 
@@ -435,6 +491,8 @@ class LoadedIndex:
             return 0
         keep = [c for c in self.chunks if c.doc_id not in set(doc_ids)]
         self.vector_index.remove(gone)
+        if self.second_index is not None:
+            self.second_index.remove(gone)
         self._set_rows(keep, BM25Index.build(tokenize_many([bm25_text(c) for c in keep])))
         return int(gone.size)
 
@@ -585,6 +643,7 @@ def _load_index(
             if vectors.size != n or vectors.dim != emb.get("dim"):
                 raise ValueError(f"vector index holds {vectors.size}x{vectors.dim}, expected {n}x{emb.get('dim')}")
             bm25 = BM25Index.load(build / "bm25", n)
+        second = load_second(build, manifest, n, ef_search)
     except IndexLoadError:
         raise
     except Exception as exc:  # noqa: BLE001 - any parse failure means the same thing to the user
@@ -596,16 +655,17 @@ def _load_index(
         manifest=manifest,
         documents=documents,
         chunks=chunks,
-        bm25=bm25,
-        vector_index=vectors,
+        bm25=bm25,  # type: ignore[arg-type]  # None for the Milvus backend: MilvusIndex keeps them in Milvus
+        vector_index=vectors,  # type: ignore[arg-type]
         chunk_lang=chunk_lang,
         chunk_date=chunk_date,
         chunk_doc=chunk_doc,
         region_rows=region_rows,
+        second_index=second,
     )
     if milvus:
         from qiao.index.milvus_backend import MilvusIndex
         from qiao.settings import get_settings
 
-        return MilvusIndex.open(loaded, manifest.get("milvus"), settings or get_settings(), root)
+        return MilvusIndex.open(loaded, manifest.get("milvus"), settings or get_settings(), root)  # type: ignore[arg-type]
     return loaded

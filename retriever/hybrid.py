@@ -1,4 +1,5 @@
-"""Hybrid retrieval: BM25 (with the cross-lingual glossary bridge) + dense vectors, fused."""
+"""Hybrid retrieval: BM25 (with the cross-lingual glossary and dictionary bridges) + dense vectors
+(the first embedder and, when the index has its vectors, the second one), fused."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ import numpy as np
 
 from qiao.corpus.lang import detect_lang
 from qiao.index.analysers import tokenize
+from qiao.index.dictionary import bridge_tokens
+from qiao.index.dictionary import warm_in_background as warm_dictionary
 from qiao.index.glossary import expand_query
 from qiao.config import RetrievalConfig
 from qiao.index.backend import SearchBackend
 from qiao.index.embedders import Embedder
 from qiao.retriever.filters import filter_mask
-from qiao.retriever.fusion import calibrated_vector, fuse
-from qiao.retriever.models import MODES, Filters, Hit
+from qiao.retriever.fusion import SecondSignal, calibrated_vector, fuse
+from qiao.retriever.models import EVAL_MODES, MODES, Filters, Hit
 from qiao.settings import Settings
 
 
@@ -38,6 +41,7 @@ class QueryAnalysis:
     lang: str
     tokens: list[str]
     bridge: list[str]  # glossary tokens in the other language
+    dict_bridge: list[str] = field(default_factory=list)  # CC-CEDICT tokens (index/dictionary.py), not in tokens/bridge
 
 
 @dataclass
@@ -52,6 +56,9 @@ class Candidates:
     # vector/hybrid modes: the vector candidates of each language separately, [(lang, rows, cosines)]
     vec_lists: list[tuple[str, np.ndarray, np.ndarray]] = field(default_factory=list)
     query_vector: np.ndarray | None = None
+    # the second embedder (index/use_embedder.py), when the index has its vectors: its per-language lists
+    vec_lists2: list[tuple[str, np.ndarray, np.ndarray]] = field(default_factory=list)
+    query_vector2: np.ndarray | None = None
 
 
 class HybridRetriever:
@@ -66,19 +73,74 @@ class HybridRetriever:
         self.embedder = embedder
         self.config = config if isinstance(config, RetrievalConfig) else RetrievalConfig.of(config)
         self.languages: list[str] = index.languages
+        if self.config.dictionary_weight > 0:
+            warm_dictionary()
 
     def analyse(self, query: str) -> QueryAnalysis:
-        return QueryAnalysis(query, detect_lang(query), tokenize(query), expand_query(query))
+        gloss = expand_query(query)
+        dict_terms = bridge_tokens(query, exclude=set(gloss)) if self.config.dictionary_weight > 0 else []
+        return QueryAnalysis(query, detect_lang(query), tokenize(query), gloss, dict_terms)
 
     def bm25_candidates(self, qa: QueryAnalysis, depth: int, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """``(rows, all_scores)``: the top rows and the score array ``(n,)`` they came from."""
+        """``(rows, all_scores)``: the top rows and the score array ``(n,)`` they came from.
+
+        Scores: the query's tokens + ``glossary_weight`` x its glossary bridge terms +
+        ``dictionary_weight`` x its CC-CEDICT bridge terms, each set a separate BM25 query."""
+        dw = self.config.dictionary_weight
         if hasattr(self.index, "lexical_search"):  # a remote backend (Milvus): top rows only, see below
             rows, top = self.index.lexical_search(qa.tokens, qa.bridge, self.config.glossary_weight, depth, mask)
             scores = np.zeros(self.index.size, np.float32)
             scores[rows] = top
+            if qa.dict_bridge and dw > 0:
+                rows2, top2 = self.index.lexical_search(qa.dict_bridge, (), 0.0, depth, mask)
+                scores[rows2] += np.float32(dw) * np.asarray(top2, np.float32)
+                return _top_rows(scores, depth, mask), scores
             return rows, scores
         scores = self.index.lexical_scores(qa.tokens, qa.bridge, self.config.glossary_weight)
+        if qa.dict_bridge and self.config.dictionary_weight > 0:
+            extra = self.index.lexical_scores(qa.dict_bridge)
+            scores = (scores + np.float32(dw) * extra).astype(np.float32)
         return _top_rows(scores, depth, mask), scores
+
+    # --- the second embedder (index/use_embedder.py) ------------------------------------------
+    @property
+    def second_embedder(self) -> Embedder | None:
+        """The second embedder when both it and its vectors in the index are there, else None."""
+        second = getattr(self.embedder, "second", None)
+        dim = getattr(self.index, "second_dim", None)
+        return second if second is not None and dim is not None and second.dim == dim else None
+
+    def second_candidates(
+        self, query: str, depth: int, mask: np.ndarray | None, query_vector2: np.ndarray | None = None
+    ) -> tuple[np.ndarray | None, list[tuple[str, np.ndarray, np.ndarray]]]:
+        """``(query vector, [(lang, rows, cosines)])`` of the second embedder (``(None, [])`` without one)."""
+        if getattr(self.index, "second_dim", None) is None:
+            return None, []
+        if query_vector2 is None:
+            second = self.second_embedder
+            if second is None:
+                return None, []
+            query_vector2 = second.embed_queries([query])[0]
+        search = self.index.second_dense_search  # type: ignore[attr-defined]  # LoadedIndex extra
+        if len(self.languages) <= 1:
+            rows, scores = search(query_vector2, depth, allowed=mask)
+            return query_vector2, [(self.languages[0] if self.languages else "", rows, scores)]
+        out = []
+        for lang in self.languages:
+            if mask is not None and not (mask & (self.index.chunk_lang == lang)).any():
+                continue
+            rows, scores = search(query_vector2, depth, lang=lang, allowed=mask)
+            if rows.size:
+                out.append((lang, rows, scores))
+        return query_vector2, out
+
+    def _second_signal(self, cand: Candidates) -> SecondSignal | None:
+        """The second embedder's part of the fusion for these candidates, or None without one."""
+        if cand.query_vector2 is None or not cand.vec_lists2:
+            return None
+        qv2, vectors2 = cand.query_vector2, self.index.second_vectors  # type: ignore[attr-defined]
+        f = self.config.fusion
+        return SecondSignal(cand.vec_lists2, lambda rows: vectors2(rows) @ qv2, f.second_weight, f.second_weight_same, cand.qa.lang)
 
     def query_vector(self, query: str) -> np.ndarray:
         return self.embedder.embed_queries([query])[0]
@@ -122,13 +184,20 @@ class HybridRetriever:
         mode: str = "hybrid",
         mask: np.ndarray | None = None,
         query_vector: np.ndarray | None = None,
+        query_vector2: np.ndarray | None = None,
     ) -> Candidates:
-        """Each retriever's candidate list for ``query`` (empty for a retriever the mode does not use)."""
-        if mode not in MODES:
+        """Each retriever's candidate list for ``query`` (empty for a retriever the mode does not use).
+
+        ``mode`` may also be ``vector2`` (the second embedder alone; eval only)."""
+        if mode not in EVAL_MODES:
             raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
         depth = self.depth(k)
         qa = self.analyse(query)
         cand = Candidates(qa=qa)
+        if mode == "vector2" or (mode == "hybrid" and self.config.fusion.second_on):
+            cand.query_vector2, cand.vec_lists2 = self.second_candidates(query, depth, mask, query_vector2)
+            if mode == "vector2":
+                return cand
         if mode in ("bm25", "hybrid"):
             cand.bm25_rows, cand.bm25_all = self.bm25_candidates(qa, depth, mask)
         if mode in ("vector", "hybrid") and self.config.fusion.method == "rrf":
@@ -160,6 +229,7 @@ class HybridRetriever:
         filters: Filters | None = None,
         query_vector: np.ndarray | None = None,
         cand: Candidates | None = None,
+        query_vector2: np.ndarray | None = None,
     ) -> list[tuple[int, float]]:
         """All candidate rows ordered by the mode's score, best first: ``[(row, score), ...]``.
 
@@ -169,7 +239,10 @@ class HybridRetriever:
         if self.index.size == 0:
             return []
         if cand is None:
-            cand = self.candidates(query, k, mode, filter_mask(self.index, filters), query_vector)
+            cand = self.candidates(query, k, mode, filter_mask(self.index, filters), query_vector, query_vector2)
+        if mode == "vector2":
+            scored = calibrated_vector(cand.vec_lists2, self.index.chunk_lang, self.config.fusion.lang_top)
+            return sorted(scored.items(), key=lambda kv: (-kv[1], kv[0]))
         if mode == "bm25":
             bm25_all = cand.bm25_all
             assert bm25_all is not None  # bm25 mode always scores
@@ -184,7 +257,7 @@ class HybridRetriever:
         def cos_of(rows: np.ndarray) -> np.ndarray:
             return self.index.vectors(rows) @ qv
 
-        fused = fuse(cand, self.index, self.config.fusion, cos_of)
+        fused = fuse(cand, self.index, self.config.fusion, cos_of, self._second_signal(cand))
         return sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))
 
     def search(self, query: str, k: int = 10, mode: str = "hybrid", filters: Filters | None = None) -> list[Hit]:

@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from qiao.corpus.models import Chunk
 
 MODES = ("hybrid", "bm25", "vector")
+EVAL_MODES = (*MODES, "vector2")
+"""Modes the retriever ranks by: the public ones plus ``vector2``, the second embedder alone
+(calibrated per language), which `qiao eval` reports as its own signal."""
 
 
 @dataclass(frozen=True)

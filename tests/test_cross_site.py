@@ -126,7 +126,7 @@ def test_pages_on_other_origins_cannot_write_or_query(browser, server, foreign_o
         context = browser.new_context()
         page = context.new_page()
         seen: list[tuple[str, str, int]] = []  # (method, path, status) of every answer from the Qiao server
-        page.on("response", lambda r: seen.append((r.request.method, urlparse(r.url).path, r.status)) if r.url.startswith(server.url) else None)
+        page.on("response", lambda r, seen=seen: seen.append((r.request.method, urlparse(r.url).path, r.status)) if r.url.startswith(server.url) else None)
         page.goto(origin + "/")
         out = page.evaluate(ATTACK_JS, [server.url, PLANTED])
         # a plain HTML form post (a navigation, not fetch) with a file, as a malicious page would do it
@@ -152,7 +152,11 @@ def test_the_servers_own_page_still_uploads_and_deletes(browser, server, tmp_pat
     from playwright.sync_api import expect
 
     upload = tmp_path / "xenotransplant.md"
-    upload.write_text("# Zhejiang xenotransplant pilot\n\nRelease Date: 2024-06-01\n\nThe Zhejiang Provincial Health Commission approved porcine kidney xenotransplantation research.\n", encoding="utf-8")
+    upload.write_text(
+        "# Zhejiang xenotransplant pilot\n\nRelease Date: 2024-06-01\n\n"
+        "The Zhejiang Provincial Health Commission approved porcine kidney xenotransplantation research.\n",
+        encoding="utf-8",
+    )
     context = browser.new_context()
     pg = context.new_page()
     pg.goto(server.url + "/")

@@ -152,7 +152,8 @@ def test_cli_eval_json_shape_and_quality(eval_data_dir, capsys):
     assert res["dataset"] == "beir_small" and res["queries"] == 8 and res["documents"] == 8
     assert res["chunks"] >= 8 and res["index_built"] is True and res["e2e_sample"] == 3
     assert Path(res["index_dir"]).is_relative_to(eval_data_dir / "eval")  # separate from the production index
-    assert [m["mode"] for m in res["modes"]] == ["bm25", "vector", "hybrid"]
+    # each signal on its own (vector2: the second embedder, index/use_embedder.py), then hybrid
+    assert [m["mode"] for m in res["modes"]] == ["bm25", "vector", "vector2", "hybrid"]
     for m in res["modes"]:
         assert set(m["metrics"]) == {"nDCG@10", "Recall@10", "Recall@100", "MRR@10"}
         assert all(0.0 <= v <= 1.0 for v in m["metrics"].values())

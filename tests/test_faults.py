@@ -579,7 +579,7 @@ def test_cli_add_while_the_server_reindexes(world):
 def test_a_writer_that_cannot_get_the_lock_gets_a_clear_busy_error(world):
     """The loser of two writers either waits (the default) or, past its timeout, gets a "busy" error
     that the API answers with 503 and Retry-After; nothing is changed."""
-    from qiao.api.routes_admin import _update_errors
+    from qiao.api.errors import qiao_error_response
     from qiao.index.store import IndexBusyError
 
     data = world.fresh("busy")
@@ -592,7 +592,7 @@ def test_a_writer_that_cannot_get_the_lock_gets_a_clear_busy_error(world):
         with pytest.raises(IndexBusyError, match="try again") as exc:
             service.add_documents([("zhejiang.txt", NEW_DOC.encode())], lock_timeout=0.5)
         assert time.monotonic() - t0 < 5
-    http = _update_errors(exc.value)
-    assert http.status_code == 503 and http.headers.get("Retry-After")
+    http = qiao_error_response(exc.value)  # the one HTTP mapping of the error family
+    assert http.status_code == 503 and http.headers.get("Retry-After") == "5"
     assert load_index(data / "index").manifest["build_id"] == before
     assert [p.name for p in (data / "documents").iterdir() if not p.name.startswith(".")] == []
