@@ -124,11 +124,11 @@ def test_add_and_remove_write_only_the_changed_rows(fresh_service):
     assert all(h.chunk.doc_id != added["doc_id"] for h in service.snapshot.retriever.search("Boao Lecheng", k=10))
 
 
-@pytest.mark.parametrize("tolerance", [1.0, 0.0], ids=["incremental", "new-generation"])
 def _boom(path):
     raise RuntimeError(f"injected failure while checksumming {path}")
 
 
+@pytest.mark.parametrize("tolerance", [1.0, 0.0], ids=["incremental", "new-generation"])
 def test_a_failed_build_leaves_the_current_index_searchable(fresh_service, tolerance, monkeypatch):
     """A build that dies after writing Milvus but before the catalog switch: the current index
     answers exactly as before; the next build reuses (incremental) or drops (generation) its rows."""
