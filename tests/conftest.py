@@ -9,7 +9,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-# the request time budget (default 10 s) is tested on its own (tests/test_hardening_load.py); elsewhere a
+# the request time budget (default 10 s) is tested on its own (tests/integration/test_hardening_load.py); elsewhere a
 # cold /ask on a busy CI machine must not turn into a 503
 os.environ.setdefault("QIAO_REQUEST_TIMEOUT_S", "120")
 

@@ -12,7 +12,7 @@ from qiao.index import analysers, glossary
 from qiao.index.analysers import analyser_fingerprint, match_keys, to_simplified, tokenize, tokenize_many
 from qiao.index.glossary import bridge_terms, expand_query, glossary_entries, reload_glossary
 
-CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "documents"
+CORPUS = Path(__file__).resolve().parents[3] / "corpus" / "documents"
 
 
 # ----------------------------------------------------------------------------- Traditional / Simplified

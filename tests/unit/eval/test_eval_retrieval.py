@@ -15,7 +15,7 @@ from qiao.eval.beir import DatasetError, load_beir
 from qiao.eval.metrics import aggregate, per_query
 from qiao.eval.run import rows_to_docs
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[2] / "data"
 TINY = DATA / "beir_tiny"
 SMALL = DATA / "beir_small"
 

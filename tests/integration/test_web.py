@@ -30,7 +30,7 @@ CHROMIUM_ARGS = [
 ]
 ANSWERABLE = "When was the second batch of the cell and gene therapy technology transformation catalog announced?"
 UNANSWERABLE = "What is the boiling point of liquid nitrogen on Mars?"
-STATIC_DIR = Path(__file__).resolve().parent.parent / "api" / "static"
+STATIC_DIR = Path(__file__).resolve().parents[2] / "api" / "static"
 
 if os.environ.get("QIAO_SKIP_BROWSER") == "1":
     pytest.skip("QIAO_SKIP_BROWSER=1", allow_module_level=True)

@@ -1,7 +1,7 @@
 """Issue 17, finding 6: a page on another origin must not write (upload, reindex, delete) nor make
 the server work for it, with no API key configured; the server's own page still can.
 
-In real Chromium (Debian's, through Playwright, as tests/test_web.py): a tiny page is served on two
+In real Chromium (Debian's, through Playwright, as tests/integration/test_web.py): a tiny page is served on two
 other loopback origins, ``http://127.0.0.2:<port>`` (cross-site) and ``http://127.0.0.1:<other
 port>`` (same-site, another origin), and runs the issue's ``fetch(..., {mode: "no-cors"})`` attack
 plus a plain form post. The statuses are the server's real answers as Chromium received them.

