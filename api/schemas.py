@@ -4,48 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from qiao.retriever.filters import check_date_range, check_iso_date, resolve_region_names
-from qiao.retriever.models import Filters
+from qiao.service.requests import SearchFilters
 
-
-class SearchFilters(BaseModel):
-    """Facet filters. Every list is OR within itself; different filters are AND-ed."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    lang: list[Literal["en", "zh"]] | None = Field(None, description='languages to keep: "en", "zh"')
-    region: list[str] | None = Field(
-        None, description="regions in English, Simplified or Traditional Chinese (e.g. Tianjin, 天津, 博鰲樂城)", max_length=50
-    )
-    date_from: str | None = Field(None, description="inclusive, YYYY-MM-DD")
-    date_to: str | None = Field(None, description="inclusive, YYYY-MM-DD")
-    doc_id: list[str] | None = Field(None, description="document ids (see GET /documents)", max_length=1000)
-
-    @field_validator("date_from", "date_to")
-    @classmethod
-    def _dates(cls, v):
-        return check_iso_date(v)
-
-    @field_validator("region")
-    @classmethod
-    def _regions(cls, v):
-        return resolve_region_names(v)
-
-    @model_validator(mode="after")
-    def _range(self):
-        check_date_range(self.date_from, self.date_to)
-        return self
-
-    def to_filters(self) -> Filters:
-        return Filters(
-            lang=tuple(self.lang) if self.lang else None,
-            region=tuple(self.region) if self.region else None,
-            date_from=self.date_from,
-            date_to=self.date_to,
-            doc_id=tuple(self.doc_id) if self.doc_id else None,
-        )
+__all__ = ["SearchFilters"]  # re-exported: the request models below and the CLI use it from here
 
 
 def too_long(text: str, what: str, limit: int) -> str | None:

@@ -36,10 +36,10 @@ import httpx
 from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, model_validator
 
-from qiao.retriever.filters import check_date_range, check_iso_date, resolve_region_names
 from qiao.retriever.models import Filters, Hit
+from qiao.service.requests import SearchFilters
 
 
 CALL_ARGS = ("k", "mode", "lang", "region", "date_from", "date_to", "doc_id")
@@ -133,24 +133,14 @@ class QiaoRetriever(BaseRetriever):
     date_to: str | None = Field(None, description="inclusive, YYYY-MM-DD")
     doc_id: list[str] | None = None
 
-    # --- validation (same rules as POST /search, so local and remote behave alike) --------------
-    @field_validator("date_from", "date_to")
-    @classmethod
-    def _dates(cls, v):
-        return check_iso_date(v)
-
-    @field_validator("region")
-    @classmethod
-    def _regions(cls, v):
-        return resolve_region_names(v)
-
+    # --- validation: the filter fields go through the one SearchFilters model (as POST /search, MCP) ----
     @model_validator(mode="after")
     def _check(self):
         if (self.backend is None) == (self.base_url is None):
             raise ValueError("give exactly one of backend (a local index) or base_url (a running Qiao server)")
         if self.backend is not None and not (hasattr(self.backend, "snapshot") or hasattr(self.backend, "search")):
             raise ValueError("backend must be a QiaoService or have search(query, k, mode, filters)")
-        check_date_range(self.date_from, self.date_to)
+        self.region = self.search_filters().region  # validated and resolved to canonical names
         if self.base_url is not None:
             self.base_url = self.base_url.rstrip("/")
         return self
@@ -227,14 +217,12 @@ class QiaoRetriever(BaseRetriever):
         )
 
     # --- the search itself -----------------------------------------------------------------------
+    def search_filters(self) -> SearchFilters:
+        """This retriever's filter fields, validated like ``POST /search``'s (a ValidationError names the field)."""
+        return SearchFilters(lang=self.lang, region=self.region, date_from=self.date_from, date_to=self.date_to, doc_id=self.doc_id)
+
     def filters(self) -> Filters:
-        return Filters(
-            lang=tuple(self.lang) if self.lang else None,
-            region=tuple(self.region) if self.region else None,
-            date_from=self.date_from,
-            date_to=self.date_to,
-            doc_id=tuple(self.doc_id) if self.doc_id else None,
-        )
+        return self.search_filters().to_filters()
 
     def _request_body(self, query: str) -> dict:
         filters = {

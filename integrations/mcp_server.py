@@ -39,12 +39,11 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS, CallToolResult, Resource, TextContent, ToolAnnotations
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field
 
 import qiao
 from qiao.errors import NoIndex, QiaoError, UnknownDocument, check_doc_ids, mcp_error
-from qiao.retriever.filters import check_date_range, check_iso_date, resolve_region_names
-from qiao.retriever.models import Filters
+from qiao.service.requests import SearchFilters
 
 DOC_URI = "qiao://documents/{doc_id}"
 
@@ -56,45 +55,7 @@ INSTRUCTIONS = (
 )
 
 
-# --- argument and result models ----------------------------------------------------------------
-
-
-class SearchFilters(BaseModel):
-    """Facet filters (the ``/search`` ones). Lists are OR within themselves; filters are AND-ed."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    lang: list[Literal["en", "zh"]] | None = Field(None, description='languages to keep: "en", "zh"')
-    region: list[str] | None = Field(
-        None, max_length=50, description="regions in English, Simplified or Traditional Chinese (e.g. Tianjin, 天津)"
-    )
-    date_from: str | None = Field(None, description="inclusive, YYYY-MM-DD")
-    date_to: str | None = Field(None, description="inclusive, YYYY-MM-DD")
-    doc_id: list[str] | None = Field(None, max_length=1000, description="restrict to these document ids")
-
-    @field_validator("date_from", "date_to")
-    @classmethod
-    def _dates(cls, v):
-        return check_iso_date(v)
-
-    @field_validator("region")
-    @classmethod
-    def _regions(cls, v):
-        return resolve_region_names(v)
-
-    @model_validator(mode="after")
-    def _range(self):
-        check_date_range(self.date_from, self.date_to)
-        return self
-
-    def to_filters(self) -> Filters:
-        return Filters(
-            lang=tuple(self.lang) if self.lang else None,
-            region=tuple(self.region) if self.region else None,
-            date_from=self.date_from,
-            date_to=self.date_to,
-            doc_id=tuple(self.doc_id) if self.doc_id else None,
-        )
+# --- argument and result models (filters: qiao.service.requests.SearchFilters, as HTTP) --------
 
 
 class Citation(BaseModel):
