@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from qiao.api.budget import ClientGone, bounded, client_gone_response
 from qiao.api.deps import check_text_length, get_service, get_snapshot
@@ -13,20 +13,9 @@ from qiao.api.schemas import AskRequest, HitOut
 from qiao.errors import check_doc_ids
 from qiao.service.core import QiaoService, Snapshot
 from qiao.qa.pipeline import engine_for
+from qiao.service.requests import CitationOut
 
 router = APIRouter()
-
-
-class CitationOut(BaseModel):
-    id: int = Field(description="the n of the [n] marker in the answer")
-    doc_id: str
-    source: str
-    title: str
-    start: int = Field(description="character offset into the original document text")
-    end: int = Field(description="exclusive; quote == original_text[start:end]")
-    quote: str
-    date: str | None
-    regions: list[str]
 
 
 class AskResponse(BaseModel):

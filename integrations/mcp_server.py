@@ -43,6 +43,7 @@ from pydantic import BaseModel, Field
 
 import qiao
 from qiao.errors import NoIndex, QiaoError, UnknownDocument, check_doc_ids, mcp_error
+from qiao.service.requests import CitationOut as Citation
 from qiao.service.requests import SearchFilters
 
 DOC_URI = "qiao://documents/{doc_id}"
@@ -56,18 +57,6 @@ INSTRUCTIONS = (
 
 
 # --- argument and result models (filters: qiao.service.requests.SearchFilters, as HTTP) --------
-
-
-class Citation(BaseModel):
-    id: int = Field(description="the n of the [n] marker")
-    doc_id: str
-    source: str
-    title: str
-    start: int = Field(description="character offset into the original document text")
-    end: int = Field(description="exclusive; quote == original_text[start:end]")
-    quote: str
-    date: str | None
-    regions: list[str]
 
 
 class SearchCitation(Citation):

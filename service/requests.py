@@ -1,6 +1,7 @@
 """Request models shared by every front end above the service layer: the HTTP API, the CLI, the
 OpenAI-compatible endpoint, the MCP server and the LangChain retriever validate facet filters with this
-one model, so a filter means the same thing (and fails with the same message) wherever it is given."""
+one model, so a filter means the same thing (and fails with the same message) wherever it is given; and
+the one citation shape (``CitationOut``) that /ask, chat and MCP answer with."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from qiao.retriever.filters import check_date_range, check_iso_date, resolve_region_names
 from qiao.retriever.models import Filters
 
-__all__ = ["SearchFilters"]
+__all__ = ["CitationOut", "SearchFilters"]
 
 
 class SearchFilters(BaseModel):
@@ -50,3 +51,15 @@ class SearchFilters(BaseModel):
             date_to=self.date_to,
             doc_id=tuple(self.doc_id) if self.doc_id else None,
         )
+
+
+class CitationOut(BaseModel):
+    id: int = Field(description="the n of the [n] marker in the answer")
+    doc_id: str
+    source: str
+    title: str
+    start: int = Field(description="character offset into the original document text")
+    end: int = Field(description="exclusive; quote == original_text[start:end]")
+    quote: str
+    date: str | None
+    regions: list[str]
