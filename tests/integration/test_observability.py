@@ -124,6 +124,10 @@ def test_log_lines_without_query_text_by_default(seed_server):
     logger.addHandler(handler)
     try:
         r = httpx.post(seed_server.url + "/search", json={"query": "secret personal query", "k": 1}, headers={"X-Request-ID": "trace-42"})
+        # the server thread writes the line once the response has gone out: wait for it (bounded), not a race
+        deadline = time.monotonic() + 10
+        while not any('"trace-42"' in x for x in records) and time.monotonic() < deadline:
+            time.sleep(0.02)
     finally:
         logger.removeHandler(handler)
     assert r.headers["x-request-id"] == "trace-42"
