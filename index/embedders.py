@@ -214,6 +214,16 @@ class EmbeddingCache:
             )
 
 
+def cache_lookup(cache, model_id: str, dim: int, texts: Sequence[str]) -> tuple[list[str], dict, list[int]]:
+    """``(keys, found, todo)`` for ``texts``: their cache keys, the cached vectors by key, and the indices of
+    the texts still to embed (each distinct text once). Shared by every caching embedder (in-process, Ray)."""
+    keys = [text_key(t) for t in texts]
+    found = cache.get_many(model_id, keys, dim) if cache else {}
+    todo = [i for i, k in enumerate(keys) if k not in found]
+    todo = list({keys[i]: i for i in todo}.values())  # identical texts are embedded once
+    return keys, found, todo
+
+
 class CachedEmbedder:
     """Wraps an embedder: passages via the disk cache (never re-embed unchanged text),
     queries via a small in-memory LRU."""
@@ -264,10 +274,7 @@ class CachedEmbedder:
         return out
 
     def embed_passages(self, texts: Sequence[str], batch_size: int = 32, progress: bool = False) -> np.ndarray:
-        keys = [text_key(t) for t in texts]
-        found = self.cache.get_many(self.model_id, keys, self.dim) if self.cache else {}
-        todo = [i for i, k in enumerate(keys) if k not in found]
-        todo = list({keys[i]: i for i in todo}.values())  # identical texts are embedded once
+        keys, found, todo = cache_lookup(self.cache, self.model_id, self.dim, texts)
         self.last_embedded = len(todo)
         metrics.observe_embedding_cache("passage", len(texts) - len(todo), len(todo))
         batch_size = max(batch_size, getattr(self.inner, "batch_size_hint", 0))  # engines that bucket by length want more

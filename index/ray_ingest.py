@@ -33,7 +33,7 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from qiao.index.embedders import CachedEmbedder, text_key
+from qiao.index.embedders import CachedEmbedder, cache_lookup
 
 _ray_lock = threading.Lock()
 _EMBEDDER_FIELDS = {"embedder", "st_model", "st_query_prefix", "st_passage_prefix", "embed_batch_size"}
@@ -112,10 +112,7 @@ class RayEmbedder:
         return self.local.embed_queries(texts)
 
     def embed_passages(self, texts: Sequence[str], batch_size: int = 32, progress: bool = False) -> np.ndarray:
-        keys = [text_key(t) for t in texts]
-        found = self.cache.get_many(self.model_id, keys, self.dim) if self.cache else {}
-        todo = [i for i, k in enumerate(keys) if k not in found]
-        todo = list({keys[i]: i for i in todo}.values())  # identical texts are embedded once
+        keys, found, todo = cache_lookup(self.cache, self.model_id, self.dim, texts)
         self.last_embedded = len(todo)
         if todo:
             self._embed_remote(texts, keys, todo, found, batch_size, progress)

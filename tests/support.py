@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
+from contextlib import contextmanager
 import time
 
 import uvicorn
@@ -65,3 +67,21 @@ def inject_build_failure(monkeypatch, service, step: str) -> None:
         monkeypatch.setattr(store.BM25Index, "save", failing_save)
     else:  # pragma: no cover - a typo in a test
         raise ValueError(step)
+
+
+@contextmanager
+def chromium_browser(chromium: str, args: list[str]):
+    """Debian's chromium driven by Playwright (skips without playwright; fails, saying how to install it,
+    without the browser), closed on exit. One launcher for every browser test."""
+    import pytest
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the 'test' extra)")
+    if not (os.path.isfile(chromium) and os.access(chromium, os.X_OK)):
+        pytest.fail(f"chromium not found at {chromium}: run `make chromium` (apt-get install chromium)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium, args=args, headless=True)
+        try:
+            yield b
+        finally:
+            b.close()
+

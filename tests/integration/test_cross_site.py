@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 
 from qiao.api.app import create_app
 from qiao.service.core import collect_documents
-from support import LiveServer, free_port
+from support import LiveServer, chromium_browser, free_port
 from test_web import CHROMIUM, CHROMIUM_ARGS
 
 PLANTED = (
@@ -92,17 +92,10 @@ def foreign_origins():
 def browser():
     import os
 
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the 'test' extra)")
     if os.environ.get("QIAO_SKIP_BROWSER") == "1":
         pytest.skip("QIAO_SKIP_BROWSER=1")
-    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
-        pytest.fail(f"chromium not found at {CHROMIUM}: run `make chromium` (apt-get install chromium)")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
+    with chromium_browser(CHROMIUM, CHROMIUM_ARGS) as b:
+        yield b
 
 
 @pytest.fixture()

@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 
-from support import LiveServer
+from support import LiveServer, chromium_browser
 
 CHROMIUM = os.environ.get("QIAO_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -44,15 +44,8 @@ def server(seed_service):
 
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the 'test' extra)")
-    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
-        pytest.fail(f"chromium not found at {CHROMIUM}: run `make chromium` (apt-get install chromium)")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
+    with chromium_browser(CHROMIUM, CHROMIUM_ARGS) as b:
+        yield b
 
 
 @pytest.fixture()
