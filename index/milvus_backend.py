@@ -485,7 +485,8 @@ class MilvusIndex(LoadedIndex):
         row_pk = np.array([pk_of(c.chunk_id) for c in base.chunks], dtype=np.int64)
         idx = cls(
             **{f: getattr(base, f) for f in ("path", "manifest", "documents", "chunks", "bm25", "vector_index",
-                                               "chunk_lang", "chunk_date", "chunk_doc", "region_rows", "second_index")},
+                                               "chunk_lang", "chunk_date", "chunk_doc", "region_rows", "second_index",
+                                               "units", "units_error")},
             client=client, collection=name, terms=terms, settings=settings,
         )
         idx._row_pk = row_pk

@@ -107,6 +107,7 @@ class RayEmbedder:
         self.settings = settings
         self.workers = workers if workers is not None else (settings.ray_workers or None)
         self.last_embedded = 0
+        self.second = getattr(local, "second", None)  # the second embedder (USE) runs locally: ~100 passages/s
 
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
         return self.local.embed_queries(texts)

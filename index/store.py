@@ -4,7 +4,8 @@ Layout under ``root`` (``Settings.index_dir``)::
 
     root/current            -> builds/<build_id>   (symlink, swapped atomically)
     root/builds/<build_id>/  manifest.json, documents.jsonl, chunks.jsonl, vectors.faiss, bm25/,
-                             vectors2.faiss (the second embedder's vectors, when configured)
+                             vectors2.faiss (the second embedder's vectors, when configured),
+                             units/ (vectors of the QA units, every embedder: index/units.py)
     root/builds/.tmp-*       a build in progress (never loaded; removed by the next build)
     root/.lock               serialises writers
 
@@ -38,6 +39,7 @@ from qiao.index.analysers import configure as configure_analyser
 from qiao.index.backend import TermStats
 from qiao.index.bm25 import BM25Index
 from qiao.index.embedders import IndexEmbedder
+from qiao.index.units import UnitVectors, UnitVectorsError
 from qiao.index.vectors import VectorIndex
 
 SCHEMA_VERSION = 1
@@ -169,6 +171,8 @@ class BuildReport:
     embedded: int  # passages actually embedded (the rest came from the cache)
     seconds: float
     skipped: list[str] = field(default_factory=list)
+    units: int = 0  # distinct citable-unit texts stored with vectors (0: built without unit vectors)
+    units_embedded: dict[str, int] = field(default_factory=dict)  # per embedder kind: unit texts not in the previous build
 
 
 def build_index(
@@ -180,12 +184,18 @@ def build_index(
     progress: bool = True,
     log: Callable[[str], None] = lambda s: None,
     lock_timeout: float = 600,
+    units: Callable[[Sequence[Document], Sequence[Chunk]], Sequence[str]] | None = None,
 ) -> BuildReport:
     """Chunk, analyse, embed and write a new index under ``root``, then make it current.
 
     ``embedder``: a :class:`index.embedders.CachedEmbedder` (or anything with ``embed_passages``,
     ``model_id``, ``dim``). Raises :class:`IndexBusyError` if another writer holds the lock
     longer than ``lock_timeout`` seconds.
+
+    ``units``: ``(documents, chunks) -> texts`` of the citable units QA scores
+    (``qiao.qa.units.unit_texts``); their vectors, by every embedder (the first and the second),
+    are stored under ``units/`` (:mod:`qiao.index.units`), reusing the current build's by text.
+    None: no unit vectors (QA then embeds units at question time).
     """
     t0 = time.perf_counter()
     configure_analyser(AnalyserConfig.of(settings))
@@ -210,6 +220,14 @@ def build_index(
         embedded = embedder.last_embedded
         second = getattr(embedder, "second", None)  # the second embedder (index/use_embedder.py), if configured
         vectors2 = embed_second(second, chunks, settings, progress) if second is not None else None
+        unit_table, units_asked = None, {}
+        if units is not None:  # the QA units' vectors (index/units.py), after the chunks': the same cache
+            unit_texts = list(units(documents, chunks))
+            kinds = {"primary": embedder, **({"second": second} if second is not None else {})}
+            unit_table, units_asked = UnitVectors.build(
+                unit_texts, kinds, previous=previous_units(root), batch_size=settings.embed_batch_size, progress=progress
+            )
+            log(f"{len(unit_texts)} units -> {unit_table.size} distinct; embedded (not in the previous build): {units_asked}")
 
         build_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
         tmp = builds / f".tmp-{build_id}"
@@ -228,12 +246,15 @@ def build_index(
             VectorIndex.build(
                 vectors2, hnsw_threshold=settings.hnsw_threshold, hnsw_m=settings.hnsw_m, ef_search=settings.hnsw_ef_search
             ).save(tmp / SECOND_VECTORS)
+        units_section = unit_table.save(tmp) if unit_table is not None else None
 
         files = {}
         for p in sorted(tmp.rglob("*")):
             if p.is_file():
                 fsync_path(p)  # FAISS and bm25s write without fsync; a power cut must not leave holes
                 rel = p.relative_to(tmp).as_posix()
+                if units_section is not None and rel in units_section["files"]:
+                    continue  # listed in their own section (derived data: damage there does not stop the index)
                 files[rel] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
         for d in sorted(x for x in tmp.rglob("*") if x.is_dir()):
             fsync_path(d)
@@ -246,6 +267,7 @@ def build_index(
                 {"model_id": second.model_id, "dim": int(second.dim), "file": SECOND_VECTORS}
                 if second is not None and vectors2 is not None else None
             ),
+            "units": units_section,
             "documents": len(documents),
             "chunks": len(chunks),
             "vector_index": "hnsw" if len(chunks) > settings.hnsw_threshold else "flat",
@@ -272,9 +294,23 @@ def build_index(
                 milvus_backend.finish_write(settings, milvus_section, chunks)
             except milvus_backend.MilvusError as exc:  # readers skip them; the next build deletes them
                 log(f"milvus: stale rows left for the next build ({exc})")
-        return BuildReport(final, build_id, len(documents), len(chunks), embedded, time.perf_counter() - t0)
+        return BuildReport(final, build_id, len(documents), len(chunks), embedded, time.perf_counter() - t0,
+                           units=unit_table.size if unit_table is not None else 0, units_embedded=units_asked)
     finally:
         lock.release()
+
+
+def previous_units(root: Path) -> UnitVectors | None:
+    """The current build's unit vectors (what a new build reuses by text), None when it has none or
+    they are damaged (then every unit goes through the embedding cache)."""
+    build = current_build(root)
+    if build is None:
+        return None
+    try:
+        manifest = json.loads((build / MANIFEST).read_text(encoding="utf-8"))
+        return UnitVectors.load(build, manifest.get("units"), verify=True) if manifest.get("units") else None
+    except (OSError, ValueError, UnitVectorsError):
+        return None
 
 
 def embed_second(second: IndexEmbedder, chunks: Sequence[Chunk], settings, progress: bool = False) -> np.ndarray:
@@ -337,8 +373,13 @@ def read_manifest(root: Path) -> dict | None:
     return manifest if isinstance(manifest, dict) else None
 
 
-def stale_reason(root: Path, documents: Sequence[Document], settings, model_id: str | None = None) -> str | None:
-    """Why the index under ``root`` must be rebuilt for these documents and settings, or None if it is current."""
+def stale_reason(
+    root: Path, documents: Sequence[Document], settings, model_id: str | None = None, unit_kinds: dict[str, str] | None = None
+) -> str | None:
+    """Why the index under ``root`` must be rebuilt for these documents and settings, or None if it is current.
+
+    ``unit_kinds``: the embedder kinds whose unit vectors the index should hold (``{"primary": model id,
+    "second": model id}``, :mod:`qiao.index.units`); None: unit vectors are not checked."""
     manifest = read_manifest(root)
     if manifest is None:
         return "no index has been built yet"
@@ -351,9 +392,14 @@ def stale_reason(root: Path, documents: Sequence[Document], settings, model_id: 
     if manifest.get("corpus_fingerprint") != corpus_fingerprint(documents, index_settings(settings)):
         return "documents changed"
     try:  # an up-to-date manifest over damaged files must not stop `qiao index --if-stale` from repairing
-        load_index(root, expect_model_id=model_id, verify=True, settings=settings)
+        loaded = load_index(root, expect_model_id=model_id, verify=True, settings=settings)
     except IndexLoadError as exc:
         return f"the index on disk is damaged ({str(exc).split(': run `qiao index`')[0]})"
+    if loaded.units_error:
+        return f"the index's unit vectors are damaged ({loaded.units_error})"
+    if unit_kinds is not None and loaded.unit_kinds() != unit_kinds:
+        have = loaded.unit_kinds()
+        return "the index has no unit vectors" if not have else f"the unit vectors are of other embedders ({sorted(have)} != {sorted(unit_kinds)})"
     return None
 
 
@@ -376,6 +422,8 @@ class LoadedIndex:
     region_rows: dict[str, np.ndarray] = field(default_factory=dict)  # region key -> sorted row ids
     _lang_masks: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     second_index: VectorIndex | None = None  # the second embedder's vectors (manifest "second_embedder"), if any
+    units: UnitVectors | None = None  # vectors of the QA units by text (manifest "units"; index/units.py), if any
+    units_error: str | None = None  # why the build's stored unit vectors are not used (damaged), None when fine
 
     @property
     def size(self) -> int:
@@ -464,6 +512,20 @@ class LoadedIndex:
         if self.second_index is None:
             raise ValueError("this index holds no second-embedder vectors")
         return self.second_index.reconstruct(rows)
+
+    # --- vectors of the QA units, stored at build time (index/units.py) ----------------------
+    def unit_kinds(self) -> dict[str, str]:
+        """Embedder kinds (``primary``, ``second``) with stored unit vectors -> their model ids."""
+        return dict(self.units.model_ids) if self.units is not None else {}
+
+    def unit_vectors(self, texts: Sequence[str], kind: str = "primary") -> tuple[np.ndarray, np.ndarray]:
+        """Stored vectors of these unit texts: ``(vectors (m, dim) float32, found (m,) bool)``; rows
+        not found (a text the build did not see, or no stored vectors of ``kind``) are zero. Keyed by
+        the text itself, so a found vector is always the one of exactly that text."""
+        u = self.units
+        if u is None or kind not in u.vectors:
+            return np.zeros((len(texts), 0), np.float32), np.zeros(len(texts), bool)
+        return u.lookup(texts, kind)
 
     def lexical_scores(self, tokens: Sequence[str], extra: Sequence[str] = (), extra_weight: float = 0.0) -> np.ndarray:
         return self.bm25.weighted_scores(tokens, extra, extra_weight)
@@ -646,6 +708,15 @@ def _load_index(
                 raise ValueError(f"vector index holds {vectors.size}x{vectors.dim}, expected {n}x{emb.get('dim')}")
             bm25 = BM25Index.load(build / "bm25", n)
         second = load_second(build, manifest, n, ef_search)
+        units, units_error = None, None
+        if manifest.get("units"):  # derived data: damage is reported (stale_reason, logs), QA embeds lazily
+            try:
+                units = UnitVectors.load(build, manifest["units"], verify)
+            except UnitVectorsError as exc:
+                units_error = str(exc)
+                import logging
+
+                logging.getLogger("qiao.index").warning("index at %s: stored unit vectors not used (%s); `qiao index` rebuilds them", build, exc)
     except IndexLoadError:
         raise
     except Exception as exc:  # noqa: BLE001 - any parse failure means the same thing to the user
@@ -664,6 +735,8 @@ def _load_index(
         chunk_doc=chunk_doc,
         region_rows=region_rows,
         second_index=second,
+        units=units,
+        units_error=units_error,
     )
     if milvus:
         from qiao.index.milvus_backend import MilvusIndex

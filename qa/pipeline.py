@@ -9,8 +9,14 @@ Pipeline::
     -> selection without redundancy (qa.selection.mmr), by question type
     -> answer text in the question's language with [n] markers (qa.compose)
 
-Sentence vectors go through the embedder's disk cache (keyed by text hash), plus an
-in-memory map here, so a unit is embedded once across questions and restarts.
+Sentence vectors come from the index: the build stores the vectors of every unit's ``embed_text``
+by every embedder in use (``primary``, and ``second`` with QIAO_SECOND_EMBEDDER=use), keyed by the
+text (qiao.index.units; the texts come from qa.units), so ``/ask`` embeds nothing but the question
+(which the retriever already embedded: an LRU hit). A unit the index has no vector for (an index
+built without them, by an older Qiao, or with another unit splitter; stored files found damaged)
+is embedded here through the embedder's disk cache and kept in an in-memory map, as before.
+:meth:`AnswerEngine._vectors` returns either kind, :meth:`AnswerEngine.query_vector` the question's.
+Measured (eval/ask_cold.py, openqa-dev, fresh server right after ``qiao index``): see eval/BENCH.md.
 """
 
 from __future__ import annotations
@@ -101,7 +107,8 @@ class AnswerEngine:
         self.config = config if isinstance(config, QAConfig) else QAConfig.of(config)
         self.idf = index.term_stats()
         self._units: dict[str, DocumentUnits] = {}
-        self._vecs: dict[tuple[str, int, int], np.ndarray] = {}
+        self._vecs: dict[str, dict[str, np.ndarray]] = {"primary": {}, "second": {}}  # kind -> embed_text -> vector (embedded here)
+        self.unit_stats = {"stored": 0, "embedded": 0}  # unit vectors taken from the index / embedded at question time
         self._tokens: dict[tuple[str, int, int], frozenset[str]] = {}
         self._lock = threading.Lock()
 
@@ -127,16 +134,58 @@ class AnswerEngine:
                     out.append(s)
         return out
 
-    def _vectors(self, sentences: list[Sentence]) -> np.ndarray:
-        missing = [s for s in sentences if s.key not in self._vecs]
-        if missing:
-            vecs = self.embedder.embed_passages([s.embed_text for s in missing])
+    def _embedder_of(self, which: str):
+        if which == "primary":
+            return self.embedder
+        if which == "second":
+            second = getattr(self.embedder, "second", None)
+            if second is None:
+                raise ValueError("no second embedder is configured (QIAO_SECOND_EMBEDDER=none)")
+            return second
+        raise ValueError(f"unknown embedder kind {which!r}; use 'primary' or 'second'")
+
+    @property
+    def has_second(self) -> bool:
+        """Whether a second embedder (USE) is configured, so ``which="second"`` works."""
+        return getattr(self.embedder, "second", None) is not None
+
+    def query_vector(self, question: str, which: str = "primary") -> np.ndarray:
+        """The question's vector by that embedder, ``(dim,)`` float32 (the retriever embedded it
+        already: the embedders' query LRU answers)."""
+        return self._embedder_of(which).embed_queries([question])[0]
+
+    def _vectors(self, sentences: list[Sentence], which: str = "primary") -> np.ndarray:
+        """Vectors of these units by the ``primary`` or the ``second`` embedder, ``(n, dim)`` float32
+        aligned to ``sentences``: stored ones from the index (by text, only when stored by this very
+        model), the rest embedded now (disk cache, then the model) and remembered."""
+        emb = self._embedder_of(which)
+        texts = [s.embed_text for s in sentences]
+        out = np.zeros((len(texts), int(emb.dim)), np.float32)
+        memo = self._vecs[which]
+        todo = []
+        for i, t in enumerate(texts):
+            v = memo.get(t)
+            if v is None:
+                todo.append(i)
+            else:
+                out[i] = v
+        if todo and getattr(self.index, "unit_kinds", None) is not None and self.index.unit_kinds().get(which) == emb.model_id:
+            stored, found = self.index.unit_vectors([texts[i] for i in todo], which)
+            if found.any() and stored.shape[1] == out.shape[1]:
+                rows = np.asarray(todo)[found]
+                out[rows] = stored[found]
+                todo = [i for i, f in zip(todo, found) if not f]
+                self.unit_stats["stored"] += int(found.sum())
+        if todo:
+            need = list(dict.fromkeys(texts[i] for i in todo))
+            vecs = emb.embed_passages(need)
+            got = dict(zip(need, np.asarray(vecs, np.float32)))
             with self._lock:
-                for s, v in zip(missing, vecs):
-                    self._vecs[s.key] = v
-        if not sentences:
-            return np.zeros((0, self.embedder.dim), np.float32)
-        return np.stack([self._vecs[s.key] for s in sentences]).astype(np.float32)
+                memo.update(got)
+                self.unit_stats["embedded"] += len(need)
+            for i in todo:
+                out[i] = got[texts[i]]
+        return out
 
     def _token_sets(self, sentences: list[Sentence]) -> list[frozenset[str]]:
         out = []
@@ -148,12 +197,15 @@ class AnswerEngine:
             out.append(t)
         return out
 
-    def warm(self) -> int:
-        """Split and embed every unit of every indexed chunk (so later answers embed nothing).
-        Returns the number of units."""
+    def warm(self, which: tuple[str, ...] = ("primary",)) -> int:
+        """Split every unit of every indexed chunk and make sure each has its vectors by the
+        ``which`` embedders (the ones scoring uses): from the index when it stores them (nothing
+        is embedded), else embedded now, so later answers embed nothing. Returns the number of units."""
         hits = [Hit(rank=i + 1, chunk=c, score=0.0, row=i) for i, c in enumerate(self.index.chunks)]
         sentences = self.sentences_of(hits)
-        self._vectors(sentences)
+        for kind in which:
+            if kind == "primary" or self.has_second:
+                self._vectors(sentences, kind)
         self._token_sets(sentences)
         return len(sentences)
 
@@ -171,7 +223,7 @@ class AnswerEngine:
         candidates = self.retriever.search(question, k=max(POOL_FACTOR * depth, POOL_MIN), mode="hybrid", filters=filters)
         sentences = self.sentences_of(candidates)
         vecs = self._vectors(sentences)
-        q_vec = self.embedder.embed_queries([question])[0]
+        q_vec = self.query_vector(question)
         scored = score_sentences(q, q_vec, sentences, vecs, self._token_sets(sentences), self.idf)
         chunk_best: dict[int, float] = {}
         for x in scored:

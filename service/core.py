@@ -53,6 +53,7 @@ from qiao.index.store import (
     load_index,
     stale_reason,
 )
+from qiao.qa.units import unit_texts
 from qiao.retriever.hybrid import HybridRetriever
 
 
@@ -184,6 +185,8 @@ class _BoundedEmbedder:
         self.model_id = inner.model_id
         self.dim = inner.dim
         self.last_embedded = 0
+        second = getattr(inner, "second", None)  # the second embedder's vectors and unit vectors: the same bounds
+        self.second = _BoundedEmbedder(second, budget, on_stop) if second is not None else None
 
     def embed_passages(self, texts, batch_size: int = 32, progress: bool = False) -> np.ndarray:
         from qiao.index.pool import EmbeddingCancelled
@@ -330,11 +333,18 @@ class QiaoService:
         return build_embedder(self.embedder, self.settings)
 
     def stale_reason(self, documents) -> str | None:
-        return stale_reason(self.settings.index_dir, documents, self.settings, self.embedder.model_id)
+        return stale_reason(self.settings.index_dir, documents, self.settings, self.embedder.model_id, self.unit_kinds())
+
+    def unit_kinds(self) -> dict[str, str]:
+        """The embedders whose QA-unit vectors a build stores (qiao.index.units): kind -> model id."""
+        emb = self.embedder
+        second = getattr(emb, "second", None)
+        return {"primary": emb.model_id, **({"second": second.model_id} if second is not None else {})}
 
     def build(self, documents, progress: bool = True, log: Callable[[str], None] = lambda s: None, **kw) -> BuildReport:
         with lane(BULK):  # behind queries in the embedding pool
-            report = build_index(documents, self._build_embedder(), self.settings.index_dir, self.settings, progress=progress, log=log, **kw)
+            report = build_index(documents, self._build_embedder(), self.settings.index_dir, self.settings, progress=progress, log=log,
+                                 units=unit_texts, **kw)
         self.load()
         return report
 
@@ -438,7 +448,8 @@ class QiaoService:
         try:
             with lane(BULK):  # behind queries in the embedding pool: an upload does not starve searches
                 report = build_index(
-                    documents, _BoundedEmbedder(self._build_embedder(), budget, stopped), self.settings.index_dir, self.settings, **build_kw
+                    documents, _BoundedEmbedder(self._build_embedder(), budget, stopped), self.settings.index_dir, self.settings,
+                    units=unit_texts, **build_kw
                 )
         except UpdateCancelled:
             if change is not None:
