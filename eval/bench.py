@@ -13,7 +13,10 @@ What it does, per corpus size N (chunks):
    fed to the index build instead of running the embedder (stated in the output). Embedding cost
    is measured separately (step 0), so ``N / passages-per-second`` is what real embedding adds.
 2. **Build** in a child process (``build_index`` exactly as ``qiao index``, HNSW above
-   ``hnsw_threshold``): wall time and the child's peak RSS.
+   ``hnsw_threshold``, with the QA units' vectors: ``units=qa.units.unit_texts``, index/units.py):
+   wall time and the child's peak RSS. Unit vectors are *derived* at every size (a pool vector
+   chosen by the unit text's hash, plus noise of norm ``NOISE``): their cost at question time is a
+   lookup either way, and their real embedding cost is that of the units' characters (step 0).
 3. **Load** in a fresh child process: ``load_index`` (with checksum verification, as the server
    does) + retriever construction time, and RSS after loading.
 4. **Server**: ``qiao serve`` on 127.0.0.1 and a free port; after a warm-up, ``POST /search``
@@ -50,7 +53,8 @@ import numpy as np
 
 from qiao.settings import PROJECT_ROOT, Settings
 
-SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+SHARED_DATA = next((b / "shared" / "data" for b in (PROJECT_ROOT.parent, PROJECT_ROOT.parent.parent) if (b / "shared" / "data").is_dir()),
+                   PROJECT_ROOT.parent / "shared" / "data")  # beside the checkout, or beside wt/ for a worktree
 SEED_SET = PROJECT_ROOT / "eval" / "datasets" / "seed"
 POOL_SIZE = 1000
 NOISE = 0.1  # norm of the noise added to a derived vector (unit vectors; e5 neighbours differ by ~0.3)
@@ -144,6 +148,7 @@ class PrecomputedEmbedder:
         self.model_id, self.dim, self.table, self.fallback = model_id, dim, table, fallback
         self.last_embedded = 0
         self.misses = 0
+        self.derived = 0  # unit texts (QA sentences) given a derived vector
 
     def embed_passages(self, texts, batch_size: int = 32, progress: bool = False) -> np.ndarray:
         out = np.empty((len(texts), self.dim), np.float32)
@@ -155,6 +160,37 @@ class PrecomputedEmbedder:
                 v = self.fallback[h % len(self.fallback)]
             out[i] = v
         return out
+
+    def derive(self, texts, batch_size: int = 32, progress: bool = False) -> np.ndarray:
+        """Vectors of unit texts: a pool vector chosen by the text's hash plus noise of norm ``NOISE``."""
+        import hashlib
+
+        rng = np.random.default_rng(len(texts))
+        idx = np.array([int.from_bytes(hashlib.sha256(t.encode("utf-8", "surrogatepass")).digest()[:8], "little") % len(self.fallback)
+                        for t in texts], np.int64)
+        v = self.fallback[idx] + NOISE * _unit_rows(rng.standard_normal((len(texts), self.dim)).astype(np.float32))
+        self.derived += len(texts)
+        return _unit_rows(v)
+
+
+def _unit_rows(v: np.ndarray) -> np.ndarray:
+    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+
+class _UnitsThroughDerive:
+    """The build's embedder: chunks from the precomputed table, unit texts (asked for after the chunks)
+    derived; ``model_id`` the real one so the server uses the stored vectors."""
+
+    def __init__(self, inner: PrecomputedEmbedder, n_chunks: int):
+        self.inner, self.n_chunks = inner, n_chunks
+        self.model_id, self.dim, self.last_embedded = inner.model_id, inner.dim, 0
+        self._chunks_done = False
+
+    def embed_passages(self, texts, batch_size: int = 32, progress: bool = False) -> np.ndarray:
+        if not self._chunks_done:
+            self._chunks_done = True
+            return self.inner.embed_passages(texts)
+        return self.inner.derive(texts)
 
 
 # ----------------------------------------------------------------------------- child processes
@@ -216,12 +252,16 @@ def child_build(args: dict) -> dict:
     ]
     table = {" ".join(t.split()): v for t, v in zip(ptexts, pvecs)}
     emb = PrecomputedEmbedder(model_id, pool.shape[1], table, pvecs)
+    from qiao.qa.units import unit_texts
+
+    build_emb = _UnitsThroughDerive(emb, n)
     t1 = time.perf_counter()
-    report = build_index(docs, emb, settings.index_dir, settings, progress=False)
+    report = build_index(docs, build_emb, settings.index_dir, settings, progress=False, units=unit_texts)
     build_s = time.perf_counter() - t1
     return {
         "n_docs": len(docs), "chunks": report.chunks, "generate_s": round(gen_s, 2), "build_s": round(build_s, 2),
-        "peak_rss_mb": round(peak.stop(), 1), "vector_misses": emb.misses, "note": note,
+        "peak_rss_mb": round(peak.stop(), 1), "vector_misses": emb.misses, "note": note, "units": report.units,
+        "unit_vectors": "derived",
     }
 
 
@@ -488,6 +528,7 @@ def machine_info() -> dict:
 TARGETS = [
     ("/search p50, hybrid, one client, 10k chunks", lambda r: _p50(r, 10_000), 30.0, "ms"),
     ("/search p50, hybrid, one client, 100k chunks", lambda r: _p50(r, 100_000), 60.0, "ms"),
+    ("/ask p50, one client, 100k chunks (unit vectors stored with the index)", lambda r: _p50(r, 100_000, "/ask"), 60.0, "ms"),
     ("index load, 100k chunks", lambda r: _size(r, 100_000, "load", "load_s"), 5.0, "s"),
     ("server memory (RSS), 100k chunks", lambda r: _size(r, 100_000, "server", "rss_end_mb"), 1536.0, "MB"),
 ]
@@ -500,11 +541,11 @@ def _size(r: dict, n: int, part: str, key: str):
     return None
 
 
-def _p50(r: dict, n: int):
+def _p50(r: dict, n: int, endpoint: str = "/search"):
     for s in r["sizes"]:
         if s["target"] == n and "server" in s:
             for p in s["server"]["phases"]:
-                if p["endpoint"] == "/search" and p["clients"] == 1:
+                if p["endpoint"] == endpoint and p["clients"] == 1:
                     return p["p50_ms"]
     return None
 
@@ -537,13 +578,14 @@ def markdown(r: dict) -> str:
         "",
         "## Index build, load and memory",
         "",
-        "| chunks | corpus | vectors | build s | build peak RSS MB | load s (verified / unverified) | RSS after load MB |",
-        "|---:|---|---|---:|---:|---:|---:|",
+        "| chunks | corpus | vectors | QA units (vectors) | build s | build peak RSS MB | load s (verified / unverified) | RSS after load MB |",
+        "|---:|---|---|---|---:|---:|---:|---:|",
     ]
     for s in r["sizes"]:
         b, ld = s["build"], s.get("load", {})
         lines.append(
             f"| {b['chunks']:,} | {b['note'].split(',')[0]} | {b['note'].split(',')[1].strip()} ({ld.get('vector_index', '?')}) | "
+            f"{b.get('units', 0):,} ({b.get('unit_vectors', '-')}) | "
             f"{b['build_s']} | {b['peak_rss_mb']} | {ld.get('load_s')} / {ld.get('load_unverified_s')} | {ld.get('rss_after_mb')} |"
         )
     lines += [
@@ -551,6 +593,9 @@ def markdown(r: dict) -> str:
         "Build = `build_index` as `qiao index` runs it (chunk, analyse, write, FAISS, BM25) minus embedding: above 1k chunks the",
         "vectors are precomputed (each varied passage gets the length-weighted mix of its two source chunks' real vectors plus",
         f"noise of norm {NOISE}), so add `chunks / passages-per-second` above for a real first build; rebuilds hit the cache.",
+        "The build also stores the vectors of the QA units (sentences, `index/units.py`) so `/ask` embeds only the question;",
+        "their vectors are derived at every size (a pool vector picked by the unit text's hash, plus the same noise): a real first",
+        "build adds `units / passages-per-second` (sentences are shorter than chunks: about the chunks' character count again).",
         "",
         "## HTTP latency (uvicorn on 127.0.0.1, every request a distinct real question)",
         "",
@@ -589,7 +634,8 @@ def markdown(r: dict) -> str:
 
 
 SOAK_START, SOAK_END = "<!-- qiao-soak:start -->", "<!-- qiao-soak:end -->"
-SOAK_SECTIONS = [(SOAK_START, SOAK_END), ("<!-- qiao-soak-hostile:start -->", "<!-- qiao-soak-hostile:end -->")]
+SOAK_SECTIONS = [(SOAK_START, SOAK_END), ("<!-- qiao-soak-hostile:start -->", "<!-- qiao-soak-hostile:end -->"),
+                 ("<!-- qiao-askcold:start -->", "<!-- qiao-askcold:end -->")]  # (the last: eval/ask_cold.py's figures)
 
 
 def keep_other_sections(path: Path, new_text: str) -> str:
