@@ -131,12 +131,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--corpus", default=str(OPENQA / "corpus"))
     ap.add_argument("--questions", default=str(OPENQA / "questions.jsonl"))
     ap.add_argument("--limit", type=int, default=0, help="ask only the first N questions (0: all)")
+    ap.add_argument("--every", type=int, default=1, help="ask every N-th question (a sample over all sets; default: all)")
     ap.add_argument("--skip-build-of", action="append", default=[], help="reuse DATA_DIR's index for the tree (TREE=DATA_DIR)")
     ap.add_argument("--work", help="where the data directories go (default: a temporary directory, kept)")
     ap.add_argument("--json-out")
     args = ap.parse_args(argv)
     trees = [Path(t).resolve() for t in (args.tree or [str(PROJECT_ROOT)])]
     questions = [json.loads(line)["question"] for line in Path(args.questions).read_text(encoding="utf-8").splitlines() if line.strip()]
+    questions = questions[:: max(args.every, 1)]
     if args.limit:
         questions = questions[: args.limit]
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="qiao-askcold-"))
