@@ -8,8 +8,8 @@ A backend holds the chunks of one index snapshot as *rows* ``0..n-1`` (row ``i``
 * **lexical search** -- the BM25 (Lucene variant) score of every row for analysed query tokens;
 * **term statistics** -- document frequency, Lucene idf and the score of a full lexical match
   (:class:`TermStats`), which fusion (BM25 trust) and QA (coverage weights) need;
-* **vectors of given rows**, **chunk metadata** (chunks, documents, per-row language / doc id /
-  date arrays) and a **filter selection** (allowed-row mask for language, doc id, region, dates);
+* **vectors of given rows**, **stored vectors of QA units by text** (index/units.py), **chunk
+  metadata** (chunks, documents, per-row language / doc id / date arrays) and a **filter selection** (allowed-row mask for language, doc id, region, dates);
 * **add / delete** of chunks in memory (a new build on disk stays the job of ``index.store``).
 
 FAISS + bm25s implement it today (:class:`qiao.index.store.LoadedIndex`); another engine
@@ -153,6 +153,18 @@ class SearchBackend(Protocol):
 
     def vectors(self, rows: np.ndarray) -> np.ndarray:
         """Stored vectors of ``rows`` (``(m,)`` int), shape ``(m, dim)`` float32, in that order."""
+        ...
+
+    # --- vectors of the QA units, stored at build time (qiao.index.units) -------------------
+    def unit_kinds(self) -> dict[str, str]:
+        """Embedder kinds with stored unit vectors (``primary``, ``second``) -> their model ids; ``{}``
+        when the index stores none."""
+        ...
+
+    def unit_vectors(self, texts: Sequence[str], kind: str = "primary") -> tuple[np.ndarray, np.ndarray]:
+        """Stored vectors of these unit texts by that embedder: ``(m, dim)`` float32 (zero rows where
+        none is stored) and a ``(m,)`` bool mask of the found ones. Keyed by the text, so a found
+        vector is always exactly that text's."""
         ...
 
     # --- lexical -------------------------------------------------------------------------
