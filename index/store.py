@@ -220,7 +220,8 @@ def build_index(
         embedded = embedder.last_embedded
         second = getattr(embedder, "second", None)  # the second embedder (index/use_embedder.py), if configured
         vectors2 = embed_second(second, chunks, settings, progress) if second is not None else None
-        unit_table, units_asked = None, {}
+        unit_table: UnitVectors | None = None
+        units_asked: dict[str, int] = {}
         if units is not None:  # the QA units' vectors (index/units.py), after the chunks': the same cache
             unit_texts = list(units(documents, chunks))
             kinds = {"primary": embedder, **({"second": second} if second is not None else {})}

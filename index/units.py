@@ -188,13 +188,15 @@ class UnitVectors:
         d = build / UNITS_DIR
         d.mkdir(exist_ok=True)
         np.save(d / "keys.npy", np.ascontiguousarray(self.keys, np.uint64))
-        kinds = {}
+        kinds: dict[str, dict[str, Any]] = {}
+        rels = [KEYS_FILE]
         for kind, mat in self.vectors.items():
             rel = f"{UNITS_DIR}/{kind}.npy"
             np.save(build / rel, np.ascontiguousarray(mat, DTYPE))
             kinds[kind] = {"model_id": self.model_ids[kind], "dim": int(mat.shape[1]), "file": rel}
+            rels.append(rel)
         files = {}
-        for rel in [KEYS_FILE, *(k["file"] for k in kinds.values())]:
+        for rel in rels:
             p = build / rel
             files[rel] = {"bytes": p.stat().st_size, "sha256": _sha256(p)}
         return {"count": self.size, "dtype": np.dtype(DTYPE).name, "keys": KEYS_FILE, "kinds": kinds, "files": files}
