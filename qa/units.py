@@ -4,8 +4,8 @@
 unit :meth:`qiao.qa.sentences.DocumentUnits.in_chunk` would return for it (the chunk's heading and
 date as context, then the unit), so the vectors the build stores (:mod:`qiao.index.units`, keyed by
 text) are exactly the ones ``AnswerEngine._vectors`` looks up. It is ``in_chunk``'s selection
-without the per-unit language and region tagging QA needs but the embedder does not (~2x faster:
-0.34 s instead of 0.96 s for openqa-dev's 656 chunks); ``tests/unit/qa/test_unit_vectors.py`` checks
+without the per-unit language and region tagging QA needs but the embedder does not (half the CPU:
+0.06 s instead of 0.13 s for openqa-dev's 656 chunks); ``tests/unit/qa/test_unit_vectors.py`` checks
 that both give the same texts, and a text that ever differed would only be a lookup miss (embedded
 at question time), never a wrong vector.
 """
