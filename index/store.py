@@ -309,8 +309,9 @@ def previous_units(root: Path) -> UnitVectors | None:
         return None
     try:
         manifest = json.loads((build / MANIFEST).read_text(encoding="utf-8"))
-        return UnitVectors.load(build, manifest.get("units"), verify=True) if manifest.get("units") else None
-    except (OSError, ValueError, UnitVectorsError):
+        section = manifest.get("units") if isinstance(manifest, dict) else None
+        return UnitVectors.load(build, section, verify=True) if section else None
+    except (OSError, ValueError, TypeError, AttributeError, KeyError, UnitVectorsError):  # a damaged previous build: embed again
         return None
 
 

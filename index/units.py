@@ -207,6 +207,15 @@ class UnitVectors:
 
         Raises :class:`UnitVectorsError` naming the first bad file (missing, wrong size, wrong
         checksum with ``verify``, wrong shape or dtype, keys not sorted and distinct)."""
+        try:
+            return cls._load(build, section, verify)
+        except UnitVectorsError:
+            raise
+        except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:  # a malformed section or header
+            raise UnitVectorsError(f"unit vector files or their manifest section are unreadable ({type(exc).__name__}: {exc})") from None
+
+    @classmethod
+    def _load(cls, build: Path, section: Any, verify: bool) -> "UnitVectors":
         if not isinstance(section, dict) or not isinstance(section.get("files"), dict) or not isinstance(section.get("kinds"), dict):
             raise UnitVectorsError("the manifest's units section is malformed")
         files = section["files"]
