@@ -149,15 +149,20 @@ class AnswerEngine:
         """Whether a second embedder (USE) is configured, so ``which="second"`` works."""
         return getattr(self.embedder, "second", None) is not None
 
-    def query_vector(self, question: str, which: str = "primary") -> np.ndarray:
+    def query_vector(self, question: str, which: str = "primary") -> np.ndarray | None:
         """The question's vector by that embedder, ``(dim,)`` float32 (the retriever embedded it
-        already: the embedders' query LRU answers)."""
+        already: the embedders' query LRU answers); None for ``"second"`` without a second embedder."""
+        if which == "second" and not self.has_second:
+            return None
         return self._embedder_of(which).embed_queries([question])[0]
 
-    def _vectors(self, sentences: list[Sentence], which: str = "primary") -> np.ndarray:
+    def _vectors(self, sentences: list[Sentence], which: str = "primary") -> np.ndarray | None:
         """Vectors of these units by the ``primary`` or the ``second`` embedder, ``(n, dim)`` float32
         aligned to ``sentences``: stored ones from the index (by text, only when stored by this very
-        model), the rest embedded now (disk cache, then the model) and remembered."""
+        model), the rest embedded now (disk cache, then the model) and remembered. None for
+        ``"second"`` when no second embedder is configured."""
+        if which == "second" and not self.has_second:
+            return None
         emb = self._embedder_of(which)
         texts = [s.embed_text for s in sentences]
         out = np.zeros((len(texts), int(emb.dim)), np.float32)
@@ -224,6 +229,7 @@ class AnswerEngine:
         sentences = self.sentences_of(candidates)
         vecs = self._vectors(sentences)
         q_vec = self.query_vector(question)
+        assert vecs is not None and q_vec is not None  # (the primary embedder always exists)
         scored = score_sentences(q, q_vec, sentences, vecs, self._token_sets(sentences), self.idf)
         chunk_best: dict[int, float] = {}
         for x in scored:
