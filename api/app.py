@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from qiao.api.admission import HeavyLane
 from qiao.api.deps import get_service
 from qiao.api.errors import install_error_handlers, register_error_handlers, register_roots
 from qiao.api.logging_mw import install_request_logging
@@ -50,6 +51,7 @@ def create_app(settings: Settings | None = None, service: QiaoService | None = N
         redoc_url="/redoc" if settings.api_docs else None,
     )
     app.state.service = service
+    app.state.heavy_lane = HeavyLane.of(settings)  # admission control for long queries (api/admission.py)
     register_error_handlers(app)
     app.dependency_overrides[get_service] = lambda: service
     app.include_router(core_router)

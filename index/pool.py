@@ -45,7 +45,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from qiao import metrics
-from qiao.index.budget import BULK, Budget, current_budget, current_lane
+from qiao.index.budget import BULK, Budget, BudgetSpent, current_budget, current_lane
 
 MAX_QUERY_TOKENS = 512
 """Tokens (with the ``<s>``/``</s>`` specials and the ``query: `` prefix) of a query the model reads."""
@@ -94,7 +94,7 @@ def _lower_priority(nice: int) -> None:
         pass
 
 
-class EmbeddingCancelled(RuntimeError):
+class EmbeddingCancelled(BudgetSpent):
     """The request that asked for this embedding was cancelled (client gone or time budget spent)."""
 
 
