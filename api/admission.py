@@ -18,8 +18,10 @@ embedder read: U+FDFA expands 18x) is longer than ``QIAO_HEAVY_QUERY_CHARS``. He
   CPU time, the lane stays closed for ``c * (1 - share) / share`` (a duty cycle; 0.25 -> 3c);
 - wait for the lane in the event loop (no thread, no CPU), at most ``QIAO_HEAVY_WAIT_S`` and
   never past the request's own deadline; a client that leaves stops waiting;
-- past that, or when ``QIAO_HEAVY_QUEUE`` requests already wait, the answer is a 503 JSON error
-  with ``Retry-After`` (the expected wait), saying to retry later or send a shorter text.
+- past that, or when ``QIAO_HEAVY_QUEUE`` requests already wait, the answer is a 429 JSON error
+  with ``Retry-After`` (the expected wait), saying to retry later or send a shorter text. 429, not
+  a 5xx: the lane is a rate limit on expensive requests, the server itself is up (and clients such as
+  the openai SDK retry a 429 after ``Retry-After``).
 
 Short requests never enter the lane: they only see at most one heavy thread beside them, running
 at most ``share`` of the time.
@@ -41,7 +43,7 @@ def text_cost(text: str) -> int:
 
 
 class LaneFull(Exception):
-    """No heavy slot within the wait: answered as a 503 with ``Retry-After``."""
+    """No heavy slot within the wait: answered as a 429 with ``Retry-After``."""
 
     def __init__(self, message: str, retry_after: int):
         super().__init__(message)
@@ -52,7 +54,7 @@ class LaneFull(Exception):
 @dataclass
 class LaneStats:
     admitted: int = 0
-    rejected: int = 0  # 503: queue full or waited too long
+    rejected: int = 0  # 429: queue full or waited too long
     abandoned: int = 0  # the client left (or the request ran out of time) while waiting
     cpu_seconds: float = 0.0  # thread CPU of the admitted requests' work
 

@@ -55,8 +55,8 @@ def create_app(settings: Settings | None = None, service: QiaoService | None = N
     register_error_handlers(app)
     app.dependency_overrides[get_service] = lambda: service
     app.include_router(core_router)
-    app.include_router(ask_router, responses=error_responses(400, 404, 422, 503))  # POST /ask
-    app.include_router(openai_router, responses=error_responses(400, 404, 413, 422, 503, model=OpenAIErrorOut))  # OpenAI-compatible /v1/chat/completions, /v1/models
+    app.include_router(ask_router, responses=error_responses(400, 404, 422, 429, 503))  # POST /ask
+    app.include_router(openai_router, responses=error_responses(400, 404, 413, 422, 429, 503, model=OpenAIErrorOut))  # OpenAI-compatible /v1/chat/completions, /v1/models
     app.include_router(admin_router, responses=error_responses(400, 401, 403, 404, 409, 413, 415, 422, 503))
     app.include_router(web_router)
     _harden(app, settings)

@@ -12,7 +12,7 @@ steps (:func:`qiao.index.budget.check_budget`) and stop there.
 The deadline counts from the request's arrival (stamped by the outermost middleware,
 ``api/logging_mw.py``), so time spent reading the body, parsing it and waiting for the heavy lane
 (:mod:`qiao.api.admission`) is inside it. With ``lane`` (a heavy request), the work first waits for a
-slot of the heavy lane (503 with ``Retry-After`` when none comes in time), and the slot is handed
+slot of the heavy lane (429 with ``Retry-After`` when none comes in time), and the slot is handed
 back when the work really ends (not at the 503), with the CPU time the work's thread used.
 """
 
@@ -53,7 +53,9 @@ async def _disconnected(request: Request) -> None:
 
 
 def busy_error(exc: LaneFull) -> HTTPException:
-    return HTTPException(status_code=503, detail=exc.message, headers={"Retry-After": str(exc.retry_after)})
+    """429 Too Many Requests: the heavy lane is a rate limit on long queries (a share of the server's time),
+    and ``Retry-After`` says when to come back; clients such as the openai SDK honour both and retry."""
+    return HTTPException(status_code=429, detail=exc.message, headers={"Retry-After": str(exc.retry_after)})
 
 
 def _consume(fut: asyncio.Future) -> None:

@@ -9,7 +9,7 @@
   ``QIAO_MAX_QUERY_CHARS`` (422). Parsing, resolution and answering run in a worker thread, so a
   costly request never holds the event loop (``/health`` and other clients keep being answered); the
   answer runs like ``/ask``'s, within ``QIAO_REQUEST_TIMEOUT_S`` and, for a long question, through the
-  heavy lane (api/admission.py; 503 with ``Retry-After`` when it is full). The reply keeps the answer's
+  heavy lane (api/admission.py; 429 with ``Retry-After`` when it is full). The reply keeps the answer's
   ``[n]`` markers and ends with a sources list (title, source file, date, quote); the structured
   citations are returned in the extra top-level field ``citations`` (on the final chunk when
   streaming), with ``answerable`` and ``question`` (the question actually asked).
@@ -383,9 +383,9 @@ async def chat_completions(request: Request, service: QiaoService = Depends(get_
         return client_gone_response()
     except QiaoError as exc:
         return OpenAIError.of(exc).response()
-    except HTTPException as exc:  # the time budget or the heavy lane: 503 with Retry-After
-        code = "server_busy" if "QIAO_HEAVY" in str(exc.detail) else "timeout"
-        return OpenAIError(str(exc.detail), status=exc.status_code, code=code, type="server_error", headers=exc.headers).response()
+    except HTTPException as exc:  # the heavy lane (429) or the time budget (503), with Retry-After
+        code, kind = ("rate_limit_exceeded", "rate_limit_error") if exc.status_code == 429 else ("timeout", "server_error")
+        return OpenAIError(str(exc.detail), status=exc.status_code, code=code, type=kind, headers=exc.headers).response()
     except OpenAIError as exc:
         return exc.response()
 

@@ -196,8 +196,8 @@ class Settings(BaseSettings):
         0.25, gt=0, le=1,
         description="share of the time heavy requests may take: after one used c s of CPU the lane pauses c*(1-share)/share s",
     )
-    heavy_wait_s: float = Field(5.0, gt=0, description="seconds a heavy request waits for the heavy lane before a 503 busy")
-    heavy_queue: int = Field(32, ge=0, description="heavy requests that may wait for the lane; more get a 503 busy at once")
+    heavy_wait_s: float = Field(5.0, gt=0, description="seconds a heavy request waits for the heavy lane before a 429 busy")
+    heavy_queue: int = Field(32, ge=0, description="heavy requests that may wait for the lane; more get a 429 busy at once")
     max_extracted_chars: int = Field(
         1_000_000, ge=1000,
         description="characters of text one upload (all its files) may add; more is a 413 (corpus/extract.py). "
