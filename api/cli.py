@@ -166,8 +166,6 @@ def cmd_serve(args) -> int:
     from qiao.service.core import QiaoService
 
     settings = _settings(args)
-    if os.environ.get("QIAO_EXP_SWITCH_MS"):
-        import sys as _s; _s.setswitchinterval(float(os.environ["QIAO_EXP_SWITCH_MS"]) / 1000)
     host = args.host or settings.host
     port = args.port or settings.port
     service = QiaoService(settings)
