@@ -69,7 +69,7 @@ class HeavyLane:
         self.wait_s = wait_s
         self.max_waiting = max_waiting
         self.running = 0
-        self.open_at = 0.0  # loop time before which no heavy request starts (the duty cycle's pause)
+        self.open_at = 0.0  # time.monotonic() before which no heavy request starts (the duty cycle's pause)
         self._waiters: deque[asyncio.Future] = deque()
         self._timer: asyncio.TimerHandle | None = None
         self._recent: deque[float] = deque(maxlen=16)  # seconds each of the last heavy requests kept the lane
@@ -99,12 +99,14 @@ class HeavyLane:
         )
 
     def _wake(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._timer = None
+        """Hand free slots to the waiters in order; while the duty cycle's pause lasts, come back when it ends."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         while self._waiters and self.running < self.concurrency:
-            now = loop.time()
+            now = time.monotonic()
             if now < self.open_at:
-                self._timer = loop.call_at(self.open_at, self._wake)
+                self._timer = asyncio.get_running_loop().call_later(self.open_at - now, self._wake)
                 return
             fut = self._waiters.popleft()
             if fut.done():  # gave up waiting
@@ -118,7 +120,7 @@ class HeavyLane:
         request's own deadline came first, or :class:`ClientLeft` when ``gone`` finished first."""
         loop = asyncio.get_running_loop()
         t0 = time.monotonic()
-        if self.running < self.concurrency and not self._waiters and loop.time() >= self.open_at:
+        if self.running < self.concurrency and not self._waiters and t0 >= self.open_at:
             self.running += 1
             self.stats.admitted += 1
             return 0.0
@@ -126,8 +128,7 @@ class HeavyLane:
             raise self._full(f"{len(self._waiters)} long requests are already waiting")
         fut: asyncio.Future = loop.create_future()
         self._waiters.append(fut)
-        if self._timer is None:
-            self._wake()
+        self._wake()
         limit = min(self.wait_s, deadline - t0)
         waits = {fut} if gone is None else {fut, gone}
         try:
@@ -159,15 +160,11 @@ class HeavyLane:
 
     def release(self, cpu_seconds: float, held_seconds: float) -> None:
         """The admitted request's work ended after ``cpu_seconds`` of its thread's CPU time."""
-        loop = asyncio.get_running_loop()
         self.running -= 1
         self.stats.cpu_seconds += cpu_seconds
         pause = cpu_seconds * (1.0 - self.share) / self.share if self.share < 1.0 else 0.0
-        self.open_at = max(self.open_at, loop.time() + pause)
+        self.open_at = max(self.open_at, time.monotonic() + pause)
         self._recent.append(held_seconds + pause)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         self._wake()
 
 

@@ -89,6 +89,30 @@ def test_short_queries_do_not_wait_for_long_ones(pool):
     assert all(i < last_long for i, k in enumerate(order) if k == "short"), order
 
 
+def test_a_job_that_outlives_its_request_is_kept_for_the_retry(pool):
+    """A long query whose budget runs out while an engine embeds it: the request fails at once, the engine's
+    work is not lost, and the retry (what Retry-After asks for) gets the vector without embedding again."""
+    from qiao.index.budget import Budget, reset_budget, set_budget
+    from qiao.index.pool import EmbeddingCancelled
+
+    q = seed_cjk(2000, 400)
+    runs = sum(pool.jobs_run)
+    token = set_budget(Budget(0.05))  # far less than one 512-token window takes
+    try:
+        with pytest.raises(EmbeddingCancelled):
+            pool.embed_queries([q])
+    finally:
+        reset_budget(token)
+    deadline = time.monotonic() + 120
+    while sum(pool.jobs_run) == runs and time.monotonic() < deadline:  # the engine finishes the running job
+        time.sleep(0.05)
+    time.sleep(0.05)
+    used = pool.late_used
+    vec = pool.embed_queries([q])[0]
+    assert pool.late_used == used + 1 and sum(pool.jobs_run) == runs + 1  # answered from the kept vector
+    np.testing.assert_allclose(vec, pool.embed_queries([pool.clip_query(q)])[0], atol=1e-6)
+
+
 @pytest.fixture()
 def pooled_server(seed_service):
     """A server over the seed index with its own service: one engine (so queued work is visible) and the
