@@ -89,8 +89,24 @@ def _doc(i: int) -> str:
     )
 
 
+TEST_ONLY_SETTINGS = ("QIAO_REQUEST_TIMEOUT_S", "QIAO_HEAVY_WAIT_S")
+"""Raised for the test suite by tests/conftest.py (a cold request on a busy CI box must not time out);
+the hostile soak serves with the shipped defaults instead, since the time budget and the heavy lane are
+what it measures."""
+
+
 @pytest.fixture()
 def server(tmp_path, seed_service, shared_cache_dir):
+    yield from _serve(tmp_path, seed_service, shared_cache_dir, shipped_defaults=False)
+
+
+@pytest.fixture()
+def deployed_server(tmp_path, seed_service, shared_cache_dir):
+    """``server`` with the shipped time budget and heavy-lane settings (:data:`TEST_ONLY_SETTINGS` dropped)."""
+    yield from _serve(tmp_path, seed_service, shared_cache_dir, shipped_defaults=True)
+
+
+def _serve(tmp_path, seed_service, shared_cache_dir, shipped_defaults: bool):
     data = tmp_path / "data"
     build = current_build(seed_service.settings.index_dir)
     (data / "index" / "builds").mkdir(parents=True)
@@ -103,6 +119,9 @@ def server(tmp_path, seed_service, shared_cache_dir):
     a.close(), b.close()
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(PROJECT_ROOT)}
+    if shipped_defaults:
+        for name in TEST_ONLY_SETTINGS:
+            env.pop(name, None)
     log_path = tmp_path / "requests.log"  # the server's JSON request log (one line per request, with took_ms)
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
@@ -411,11 +430,11 @@ def _attack(url: str, seconds: float) -> dict[str, list]:
     return stats
 
 
-def test_hostile_mix_soak(server):
+def test_hostile_mix_soak(deployed_server):
     """Normal /search clients alone, then beside every hostile input of issue 17 (each sent over and
     over, plus 2,000-character CJK queries in parallel), ``ROUNDS`` times: no 5xx, no crash, no request
     over 10 s, no error for a well-formed request, and the normal p95 at most 1.5x its value without the mix."""
-    url, proc = server
+    url, proc = deployed_server
     with httpx.Client(base_url=url, timeout=120) as c:
         for q in SEARCHES:
             assert c.post("/search", json=q).status_code == 200
