@@ -435,9 +435,13 @@ def test_hostile_mix_soak(deployed_server):
     over, plus 2,000-character CJK queries in parallel), ``ROUNDS`` times: no 5xx, no crash, no request
     over 10 s, no error for a well-formed request, and the normal p95 at most 1.5x its value without the mix."""
     url, proc = deployed_server
-    with httpx.Client(base_url=url, timeout=120) as c:
+    with httpx.Client(base_url=url, timeout=120) as c:  # warm-up: the first requests load jieba, the dictionary ...
         for q in SEARCHES:
-            assert c.post("/search", json=q).status_code == 200
+            for _ in range(10):  # ... which on a loaded machine can take longer than the 8 s budget: retry
+                r = c.post("/search", json=q)
+                if r.status_code != 503:
+                    break
+            assert r.status_code == 200, r.text
     docs_before = httpx.get(f"{url}/documents", timeout=60).json()["documents"]
     load = os.getloadavg()
     lock = threading.Lock()
