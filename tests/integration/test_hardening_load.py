@@ -97,12 +97,23 @@ def test_a_job_that_outlives_its_request_is_kept_for_the_retry(pool):
 
     q = seed_cjk(2000, 400)
     runs = sum(pool.jobs_run)
-    token = set_budget(Budget(0.05))  # far less than one 512-token window takes
+    budget = Budget(600)
+
+    def cancel_once_running():  # the request gives up while the engine is on its job (not while it is queued)
+        deadline = time.monotonic() + 120
+        while not pool.busy[1] and time.monotonic() < deadline:
+            time.sleep(0.002)
+        budget.cancel("the client disconnected")
+
+    canceller = threading.Thread(target=cancel_once_running)
+    canceller.start()
+    token = set_budget(budget)
     try:
         with pytest.raises(EmbeddingCancelled):
             pool.embed_queries([q])
     finally:
         reset_budget(token)
+        canceller.join()
     deadline = time.monotonic() + 120
     while sum(pool.jobs_run) == runs and time.monotonic() < deadline:  # the engine finishes the running job
         time.sleep(0.05)
