@@ -343,7 +343,7 @@ def _eval_openqa(args) -> int:
     service = QiaoService(settings)
     out = Path(args.out) if args.out else settings.data_dir / "openqa-responses.jsonl"
     log = (lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr))
-    run = run_openqa(service, path, out, answer_response, k=args.k, limit=args.limit, log=log)
+    run = run_openqa(service, path, out, answer_response, k=args.k, limit=args.limit, log=log, every=args.every)
     if args.json:
         print(json.dumps({"score": run.score_text, "breakdown": run.breakdown, "results": run.records}, ensure_ascii=False, indent=2))
         return 0
@@ -449,6 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default <data dir>/eval/openqa-NAME unless --data-dir / QIAO_DATA_DIR), answer through /ask, run score.py")
     s.add_argument("--out", help="with --openqa: where to write the {id, response} JSONL (default: in the data dir)")
     s.add_argument("--limit", type=int, help="with --openqa: the first N questions only")
+    s.add_argument("--every", type=int, default=1, help="with --openqa: every N-th question (a sample stratified by set)")
     s.set_defaults(func=cmd_eval_qa)
     s = sub.add_parser("eval", help="retrieval evaluation on a BEIR dataset (nDCG@10, recall, MRR, latency per mode)")
     s.add_argument("--dataset", action="append", required=True, metavar="DIR",

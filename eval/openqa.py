@@ -72,7 +72,7 @@ def ensure_index(service, log: Callable[[str], None]) -> None:
 
 def run_openqa(
     service, path: Path, out_path: Path, respond: Callable, k: int = 8, limit: int | None = None,
-    log: Callable[[str], None] = lambda s: None,
+    log: Callable[[str], None] = lambda s: None, every: int = 1,
 ) -> OpenQARun:
     """``respond(snapshot, service, question, k) -> (response dict, Answer)``: the ``/ask`` path
     (:func:`qiao.api.routes_ask.answer_response`, passed in by the CLI: eval does not import the API)."""
@@ -81,6 +81,7 @@ def run_openqa(
 
     check_dir(path)
     questions = [json.loads(line) for line in (path / "questions.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+    questions = questions[::every]  # questions.jsonl is grouped by set: every N-th is a stratified sample
     if limit:
         questions = questions[:limit]
     ensure_index(service, log)
@@ -103,7 +104,7 @@ def run_openqa(
                 log(f"{i + 1}/{len(questions)} questions")
     cmd = [sys.executable, str(path / "score.py"), str(out_path), "--questions", str(path / "questions.jsonl"),
            "--corpus", str(path / "corpus")]
-    if limit:  # score.py counts questions without a response as errors: score the answered ones only
+    if limit or every > 1:  # score.py counts questions without a response as errors: score the answered ones only
         sub = out_path.with_suffix(".questions.jsonl")
         sub.write_text("".join(json.dumps(q, ensure_ascii=False) + "\n" for q in questions), encoding="utf-8")
         cmd[4] = str(sub)
