@@ -415,8 +415,9 @@ class AnswerEngine:
 
         A unit is a member when it scores within ``LIST_MARGIN`` of the best unit in its language
         and above the abstention threshold minus ``LIST_MARGIN`` (the region list's rule, without the
-        grouping by region); MMR keeps ``LIST_MAX_ITEMS`` that do not repeat each other. The lead
-        counts statements and documents; each statement cites its unit.
+        grouping by region); MMR keeps ``LIST_MAX_ITEMS`` that do not repeat each other, and the
+        best unit's timeline entry continues after it (as in a factoid answer). The lead counts
+        statements and documents; each statement cites its unit.
         """
         q = ev.question
         pool = [x for x in ev.pool if x.on_topic] or ev.pool
@@ -428,6 +429,11 @@ class AnswerEngine:
         if len(members) <= 1:
             return self._answer_factoid(ev)
         chosen = sorted(self._select(ev, members, LIST_MAX_ITEMS), key=lambda x: -x.score)
+        # like a factoid answer, the best unit's timeline entry goes on: its first sentence often only
+        # names the document, the next ones list what it provides
+        taken = {x.sentence.key for x in chosen}
+        nxt = [y for y in self._continuation(ev, chosen[0]) if y.sentence.key not in taken]
+        chosen = [chosen[0], *nxt, *chosen[1:]]
         comp = Composition()
         docs = self._docs()
         ids = [comp.cite(x.sentence, docs[x.sentence.doc_id].text) for x in chosen]

