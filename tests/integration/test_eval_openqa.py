@@ -10,7 +10,12 @@ import pytest
 
 from qiao.settings import PROJECT_ROOT
 
-SCORE_PY = PROJECT_ROOT.parent / "shared" / "data" / "openqa-dev" / "score.py"
+SCORE_PY = next(
+    (p / "shared" / "data" / "openqa-dev" / "score.py" for p in PROJECT_ROOT.parents
+     if (p / "shared" / "data" / "openqa-dev" / "score.py").exists()),
+    PROJECT_ROOT.parent / "shared" / "data" / "openqa-dev" / "score.py",
+)
+"""The set's score.py in the shared/ folder beside the checkout (or beside a parent: git worktrees)."""
 
 DOCS = {
     "lake-en.txt": "Lake Tessel\n\nLake Tessel was drained in 1932 to make farmland. The work took eleven years and cost four million guilders.\n",
