@@ -390,7 +390,7 @@ class AnswerEngine:
         lead_ids = dates[0][2]
         floor = self.config.min_evidence - LIST_MARGIN
         taken = {x.sentence.key for x, _ in dated}
-        extra = []
+        extra: list[ScoredSentence] = []
         for x in ev.pool:
             if len(extra) >= DATE_CORROBORATION or x.sentence.key in taken or x.relevance < floor or not x.on_topic:
                 continue

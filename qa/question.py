@@ -65,9 +65,9 @@ def _en_list_head(text: str) -> tuple[str, list[str]] | None:
                     return lw, mods
                 break  # a singular region noun: "which city" is one place
             mods.append(lw)
-    m = _EN_LIST_VERB_RE.search(text)
-    if m and not _NOT_PLURAL.search(m.group(1)):
-        return m.group(1).lower(), []
+    v = _EN_LIST_VERB_RE.search(text)
+    if v and not _NOT_PLURAL.search(v.group(1)):
+        return v.group(1).lower(), []
     return None
 
 
