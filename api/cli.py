@@ -283,6 +283,8 @@ def cmd_ask(args) -> int:
 
 
 def cmd_eval_qa(args) -> int:
+    if args.openqa:
+        return _eval_openqa(args)
     from qiao.qa.evaluate import DEFAULT_QUESTIONS, format_table, load_questions, run_eval
     from qiao.qa.pipeline import engine_for
 
@@ -318,6 +320,46 @@ def cmd_eval_qa(args) -> int:
         for r in results:
             flag = "ok " if r.abstention_ok and (r.answer_hit in (None, 1.0)) and (r.list_recall in (None, 1.0)) else "ERR"
             print(f"{flag} {r.q.id} {r.answer.evidence_score:.3f} {r.q.question[:70]}  missing={r.missing_items}")
+    return 0
+
+
+def _eval_openqa(args) -> int:
+    """``qiao eval-qa --openqa DIR``: every question of an openqa-format set through the /ask code path,
+    scored by the set's own score.py (qiao/eval/openqa.py)."""
+    from qiao.api.routes_ask import answer_response
+    from qiao.eval.openqa import check_dir, format_breakdown, run_openqa
+    from qiao.service.core import QiaoService
+
+    path = Path(args.openqa)
+    try:
+        check_dir(path)
+    except QiaoError as exc:
+        raise CLIError(str(exc)) from None
+    settings = _settings(args)
+    overrides = {"corpus_dir": path / "corpus"}
+    if not args.data_dir and "QIAO_DATA_DIR" not in os.environ:  # never replace the default index with this corpus
+        overrides["data_dir"] = settings.data_dir / "eval" / f"openqa-{path.resolve().name}"
+    settings = settings.model_copy(update=overrides)
+    service = QiaoService(settings)
+    out = Path(args.out) if args.out else settings.data_dir / "openqa-responses.jsonl"
+    log = (lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr))
+    run = run_openqa(service, path, out, answer_response, k=args.k, limit=args.limit, log=log, every=args.every)
+    if args.json:
+        print(json.dumps({"score": run.score_text, "breakdown": run.breakdown, "results": run.records}, ensure_ascii=False, indent=2))
+        return 0
+    print(f"responses: {run.out_path}; index: {settings.index_dir}; abstention threshold {settings.qa_min_evidence}")
+    print(run.score_text.rstrip())
+    print()
+    print(format_breakdown(run.breakdown))
+    from qiao.qa.evaluate import calibrate
+
+    cal = calibrate([(r["evidence_score"], r["answerable"]) for r in run.records])
+    print(f"calibration on this set: best threshold {cal['threshold']} (abstention accuracy {cal['accuracy']}, "
+          f"{cal['false_abstentions']} answerable below it, {cal['false_answers']} unanswerable above it)")
+    if args.verbose:
+        for r in run.records:
+            flag = "ok " if (r.get("first") if r["answerable"] else r["abst"]) else "ERR"
+            print(f"{flag} {r['id']} {r['qtype']:<8} {r['evidence_score']:.3f} abst={r['abst']} cited={r.get('cited')}")
     return 0
 
 
@@ -402,6 +444,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--k", type=int, default=8)
     s.add_argument("--json", action="store_true", help="full report and per-question results as JSON")
     s.add_argument("--verbose", action="store_true", help="one line per question")
+    s.add_argument("--openqa", metavar="DIR",
+                   help="an openqa-format set (corpus/, questions.jsonl, score.py): index DIR/corpus in the data dir "
+                   "(default <data dir>/eval/openqa-NAME unless --data-dir / QIAO_DATA_DIR), answer through /ask, run score.py")
+    s.add_argument("--out", help="with --openqa: where to write the {id, response} JSONL (default: in the data dir)")
+    s.add_argument("--limit", type=int, help="with --openqa: the first N questions only")
+    s.add_argument("--every", type=int, default=1, help="with --openqa: every N-th question (a sample stratified by set)")
     s.set_defaults(func=cmd_eval_qa)
     s = sub.add_parser("eval", help="retrieval evaluation on a BEIR dataset (nDCG@10, recall, MRR, latency per mode)")
     s.add_argument("--dataset", action="append", required=True, metavar="DIR",

@@ -12,6 +12,7 @@ from qiao.api.deps import check_text_length, get_service, get_snapshot, heavy_la
 from qiao.api.schemas import AskRequest, HitOut
 from qiao.errors import check_doc_ids
 from qiao.service.core import QiaoService, Snapshot
+from qiao.qa.models import Answer
 from qiao.qa.pipeline import engine_for
 from qiao.service.requests import CitationOut
 
@@ -47,8 +48,19 @@ async def ask(
 
 
 def _ask(req: AskRequest, snap: Snapshot, service: QiaoService) -> AskResponse:
+    return _respond(req, snap, service)[0]
+
+
+def _respond(req: AskRequest, snap: Snapshot, service: QiaoService) -> tuple[AskResponse, Answer]:
     t0 = time.perf_counter()
     answer = engine_for(snap, service.settings).ask(req.question, k=req.k, filters=req.filters.to_filters())
     out = answer.to_dict()
     out["took_ms"] = round((time.perf_counter() - t0) * 1000, 3)
-    return AskResponse(**out)
+    return AskResponse(**out), answer
+
+
+def answer_response(snap: Snapshot, service: QiaoService, question: str, k: int = 8) -> tuple[dict, Answer]:
+    """The ``POST /ask`` response body (as JSON data) for ``question``, and the engine's :class:`Answer`
+    behind it (``qiao eval-qa --openqa`` scores the former and calibrates on the latter's evidence score)."""
+    response, answer = _respond(AskRequest(question=question, k=k), snap, service)
+    return response.model_dump(mode="json"), answer

@@ -131,6 +131,15 @@ def lead_abstain(lang: str) -> str:
     return "The documents do not answer this question. The nearest passages are attached as hits for you to check."
 
 
+def lead_unmet(lang: str, terms: list[str]) -> str:
+    """Abstention because the question names something the evidence never mentions (qa.constraints)."""
+    if lang == "zh":
+        return f"文档没有提到{'、'.join(terms)}，因此无法回答这个问题。最接近的检索结果附在下面，供您核对。"
+    names = ", ".join(f"\u201c{t}\u201d" for t in terms)
+    return (f"The documents do not mention {names}, so they do not answer this question. "
+            "The nearest passages are attached as hits for you to check.")
+
+
 def lead_list(lang: str, regions: list[tuple[str, list[int]]]) -> str:
     """``regions``: ``(region key, citation ids)`` strongest first."""
     parts = [f"{display_name(k)} {marker(ids)}" if lang == "en" else f"{display_name(k)}{marker(ids)}" for k, ids in regions]
@@ -139,6 +148,14 @@ def lead_list(lang: str, regions: list[tuple[str, list[int]]]) -> str:
         return f"文档提到{n}个地区：" + "、".join(parts) + "。"
     noun = "region" if n == 1 else "regions"
     return f"The documents name {n} {noun}: " + ", ".join(parts) + "."
+
+
+def lead_items(lang: str, ids: list[int], n_docs: int) -> str:
+    """Lead of a list answer about anything but places: how many statements, from how many documents."""
+    if lang == "zh":
+        return f"文档中有{len(ids)}条相关内容（来自{n_docs}份文档）{marker(ids)}："
+    docs = f"{n_docs} document{'s' if n_docs != 1 else ''}"
+    return f"The documents give {len(ids)} relevant statements ({docs}) {marker(ids)}:"
 
 
 _EN_SOFT_START = re.compile(r"^(The|A|An|This|These|That|Those|It|Its|In|On)\b")

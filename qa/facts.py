@@ -25,6 +25,21 @@ def evidence_date(s: Sentence) -> tuple[str, str] | None:
     return None
 
 
+_TIME_RE = re.compile(
+    r"(?<!\d)(?:1[0-9]|20)\d\d(?!\d)|\b(?:January|February|March|April|May|June|July|August|September|October"
+    r"|November|December|century|centuries|decade|\d0s)\b|\d\s*(?:年|月|日|世纪|世紀|年代)|[一二三四五六七八九十]+(?:世纪|世紀|月)"
+    r"|(?:春|夏|秋|冬)季|(?:上|中|下)旬",
+    re.IGNORECASE,
+)
+
+
+def has_time_expression(text: str) -> bool:
+    """Whether ``text`` states a time: a year (1000-2099), a month name, a century or decade, 年/月/日
+    after a number, 世纪. What a "when" question's answer holds, in any corpus (not only policy dates
+    that :func:`evidence_date` can turn into an ISO date)."""
+    return bool(_TIME_RE.search(text))
+
+
 # --- figures ----------------------------------------------------------------------------------
 
 _EN_NUM_WORDS = "one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|forty|fifty|hundred|dozens?"

@@ -47,6 +47,7 @@ class ScoredSentence:
     lexical: float  # idf-weighted share of the question's content covered, 0..1
     relevance: float = 0.0  # cosine + lexical - constraint penalties (what abstention compares)
     on_topic: bool = True  # meets the question's region / year constraints (or it names none)
+    features: dict = field(default_factory=dict, compare=False)  # each signal on its own (qa/scoring.py)
 
 
 @dataclass(frozen=True)

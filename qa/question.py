@@ -29,17 +29,61 @@ QTYPES = ("list", "date", "quantity", "place", "factoid")
 
 _EN_REGION_NOUNS = (
     r"regions?|provinces?|cities|city|places?|areas?|localit(?:y|ies)|municipalit(?:y|ies)"
-    r"|zones?|jurisdictions?|local governments?|prefectures?|districts?"
+    r"|zones?|jurisdictions?|local governments?|prefectures?|districts?|countries|country|states|towns?|counties"
 )
-_EN_LIST_RE = re.compile(
-    rf"\b(?:which|what)\s+(?:\w+\s+){{0,2}}?(?:{_EN_REGION_NOUNS})\b"
-    rf"|\blist\s+(?:the\s+|all\s+)?(?:{_EN_REGION_NOUNS})\b|\bin\s+which\s+(?:{_EN_REGION_NOUNS})\b",
-    re.IGNORECASE,
+_EN_AMBIGUOUS_PLACE = {"area", "areas", "zone", "zones"}
+"""Nouns that are places only bare or after a geographic qualifier: "which areas", "which pilot zones",
+but "which disease areas" asks for disease areas (a generic list, not a region list)."""
+_EN_GEO_QUALIFIERS = set(
+    "pilot free trade economic special development demonstration administrative coastal border rural urban "
+    "local national regional high-tech industrial bonded new".split()
 )
-_ZH_REGION_NOUNS = r"地区|地區|省份|省|市(?!场|場)|城市|地方|区域|區域|自贸区|自貿區|试验区|試驗區|先行区|先行區"
-_ZH_LIST_RE = re.compile(
+_EN_AUX = set("is are was were do does did has have had can could will would should may might must be been".split())
+_EN_WH_RE = re.compile(r"\b(which|what)\s+((?:[\w'-]+[ \t]*){1,4})", re.IGNORECASE)
+_EN_LIST_VERB_RE = re.compile(r"\b(?:list|name|enumerate)\s+(?:the\s+|all\s+)?(?:[\w'-]+\s+){0,2}?([\w'-]+s)\b", re.IGNORECASE)
+_NOT_PLURAL = re.compile(r"(?:ss|us|is|ics|news|'s)$", re.IGNORECASE)
+_ZH_REGION_NOUNS = r"地区|地區|省份|省|市(?!场|場)|城市|地方|区域|區域|自贸区|自貿區|试验区|試驗區|先行区|先行區|国家|國家"
+_ZH_LIST_RE = re.compile(r"哪些|哪几个|哪幾個|哪几|哪幾|(?:哪个|哪個)\s*.{0,3}?(?:%s)" % _ZH_REGION_NOUNS)
+_ZH_PLACES_RE = re.compile(
     rf"(?:哪些|哪几个|哪幾個|哪几|哪幾|哪个|哪個)\s*.{{0,3}}?(?:{_ZH_REGION_NOUNS})"
 )
+
+
+def _en_list_head(text: str) -> tuple[str, list[str]] | None:
+    """``(head noun, modifiers)`` of an English list question: which / what + up to three words
+    ending in a plural noun ("which disease areas", "what new measures"), or list / name + a
+    plural; None when the question asks for one thing ("which university", "what did ...")."""
+    for m in _EN_WH_RE.finditer(text):
+        words = m.group(2).split()
+        mods: list[str] = []
+        for w in words:
+            lw = w.lower()
+            if lw in _EN_AUX or lw in ("of", "the", "a", "an"):
+                break
+            if re.fullmatch(_EN_REGION_NOUNS, lw) or (lw.endswith("s") and len(lw) > 3 and not _NOT_PLURAL.search(lw)):
+                if lw.endswith("s") or lw in ("cities", "countries", "counties"):
+                    return lw, mods
+                break  # a singular region noun: "which city" is one place
+            mods.append(lw)
+    v = _EN_LIST_VERB_RE.search(text)
+    if v and not _NOT_PLURAL.search(v.group(1)):
+        return v.group(1).lower(), []
+    return None
+
+
+def asks_for_places(text: str) -> bool:
+    """Whether a list question asks for places (its answer is grouped by region)."""
+    if _ZH_PLACES_RE.search(text):
+        return True
+    head = _en_list_head(text)
+    if head is None:
+        return False
+    noun, mods = head
+    if not re.fullmatch(_EN_REGION_NOUNS, noun):
+        return False
+    return noun not in _EN_AMBIGUOUS_PLACE or all(w in _EN_GEO_QUALIFIERS for w in mods)
+
+
 _EN_PLACE_RE = re.compile(r"\bwhere\b", re.IGNORECASE)
 _ZH_PLACE_RE = re.compile(r"哪里|哪裡|哪儿|哪兒|何地|何处|何處|什么地方|什麼地方")
 _EN_DATE_RE = re.compile(
@@ -97,6 +141,10 @@ class Question:
     years: tuple[str, ...] = ()  # years the question names ("in 2021", 2021年)
     translations: dict[str, tuple[frozenset[str], ...]] = field(default_factory=dict, compare=False, hash=False)
     """content token -> token sets of its glossary equivalents (细胞 -> {cell, therapi} from 细胞治疗 -> cell therapy)."""
+    dict_translations: dict[str, tuple[frozenset[str], ...]] = field(default_factory=dict, compare=False, hash=False)
+    """content token -> token sets of its CC-CEDICT translations (index/dictionary.py; depart -> {部门}, ...)."""
+    places: bool = False
+    """A list question that asks for places ("which regions", 哪些地区): its answer is grouped by region."""
 
 
 def chinese_script(text: str) -> str:
@@ -106,7 +154,7 @@ def chinese_script(text: str) -> str:
 
 def question_type(text: str, lang: str | None = None) -> str:
     """One of :data:`QTYPES` for ``text`` (cues of both languages are checked: questions mix them)."""
-    if _EN_LIST_RE.search(text) or _ZH_LIST_RE.search(text):
+    if _ZH_LIST_RE.search(text) or (_en_list_head(text) is not None and not _EN_QUANTITY_RE.search(text)):
         return "list"
     if _EN_DATE_RE.search(text) or _ZH_DATE_RE.search(text):
         return "date"
@@ -138,19 +186,42 @@ def translations(text: str, tokens: list[str]) -> dict[str, tuple[frozenset[str]
     return {t: tuple(v) for t, v in out.items()}
 
 
+def dictionary_translations(text: str, tokens: list[str]) -> dict[str, tuple[frozenset[str], ...]]:
+    """For each content token, the analysed tokens of its CC-CEDICT translations (both directions,
+    :mod:`qiao.index.dictionary`: phrases before words, sense-filtered)."""
+    from qiao.index.dictionary import translate_en, translate_zh
+
+    wanted = set(tokens)
+    out: dict[str, list[frozenset[str]]] = {}
+    pairs = [(key.split(), targets) for key, targets in translate_en(text)]
+    pairs += [(tokenize(word), phrases) for word, phrases in translate_zh(text)]
+    for sources, targets in pairs:
+        for tgt in targets:
+            target = frozenset(tokenize(tgt))
+            if not target:
+                continue
+            for t in sources:
+                if t in wanted and target not in out.setdefault(t, []):
+                    out[t].append(target)
+    return {t: tuple(v) for t, v in out.items() if v}
+
+
 def analyse_question(text: str) -> Question:
     lang = detect_lang(text)
     tokens = content_tokens(text)
     cues = _cue_tokens()
     bridge = [t for t in dict.fromkeys(expand_query(text)) if t not in cues and t not in tokens]
+    qtype = question_type(text, lang)
     return Question(
         text=text,
         lang=lang,
         script=chinese_script(text) if lang == "zh" else None,
-        qtype=question_type(text, lang),
+        qtype=qtype,
         tokens=tuple(tokens),
         bridge=tuple(bridge),
         regions=tuple(expand_with_parents(find_regions(text))),
         years=tuple(dict.fromkeys(_YEAR_RE.findall(text))),
         translations=translations(text, tokens),
+        dict_translations=dictionary_translations(text, tokens),
+        places=qtype == "list" and asks_for_places(text),
     )

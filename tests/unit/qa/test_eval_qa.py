@@ -123,8 +123,12 @@ def test_eval_on_the_seed_corpus(seed_service, questions):
     assert rows["unanswerable"]["abstention_ok"] >= 0.85
     assert overall["evidence_recall"] >= 0.8 and overall["answer_hit"] >= 0.85
     assert rows["type=list"]["list_recall"] >= 0.8 and rows["type=list"]["list_precision"] >= 0.8
-    # the configured threshold is the calibrated one (within the gap the calibration found)
-    assert abs(report["calibration"]["threshold"] - seed_service.settings.qa_min_evidence) < 0.05
+    # the configured threshold (calibrated on openqa-dev + these questions) separates the seed set:
+    # every unanswerable question's best evidence below it, every answerable one's above it
+    # (an unanswerable one may score above it when the constraint check, qa/constraints.py, abstains on it)
+    t = seed_service.settings.qa_min_evidence
+    assert min(r.answer.evidence_score for r in results if r.q.answerable) >= t, report["calibration"]
+    assert all(not r.answer.answerable for r in results if not r.q.answerable)
     table = format_table(summarise(results))
     assert "abstain.acc" in table and "cross-lingual" in table
     json.dumps([r.to_dict() for r in results], ensure_ascii=False)  # serialisable for --json

