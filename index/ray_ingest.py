@@ -68,10 +68,12 @@ def ensure_ray(address: str):
         # a local cluster on a loaded 2-core machine took 15-90 s to start here (Ray's default wait
         # is shorter); a remote one is already running
         os.environ.setdefault("RAY_raylet_start_wait_time_s", "180")
-        env = {"env_vars": {"PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]).strip(os.pathsep)}}
         try:
             if address == "local":
-                ray.init(include_dashboard=False, log_to_driver=False, runtime_env=env, configure_logging=False)
+                # workers of a local cluster inherit this environment: this checkout on their path
+                # without a runtime_env (whose agent set-up cost seconds per job here)
+                os.environ["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]).strip(os.pathsep)
+                ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
             else:
                 ray.init(address=address, log_to_driver=False, configure_logging=False)
         except Exception as exc:  # noqa: BLE001 - connection errors come in several types
@@ -107,6 +109,10 @@ class RayEmbedder:
         self.settings = settings
         self.workers = workers if workers is not None else (settings.ray_workers or None)
         self.last_embedded = 0
+        # the second embedder (index/use_embedder.py) stays in the driver: ``build_index`` runs it
+        # while the workers embed (``remote``), so its passages cost no extra wall time
+        self.second = getattr(local, "second", None)
+        self.remote = True
 
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
         return self.local.embed_queries(texts)
