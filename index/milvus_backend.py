@@ -158,9 +158,28 @@ def _explain(exc: Exception, uri: str) -> str:
                 "or set QIAO_MILVUS_URI to a Milvus server"
             )
         return f"cannot open the milvus-lite file {uri} ({text.splitlines()[0][:200]}): check QIAO_MILVUS_URI"
-    if any(w in low for w in ("auth", "credential", "password", "token", "unauthenticated", "permission", "denied")):
+    if _refused_credentials(exc) or any(w in low for w in ("auth", "credential", "password", "token", "unauthenticated", "permission", "denied")):
         return f"Milvus at {uri} refused the credentials: check QIAO_MILVUS_TOKEN"
     return f"cannot reach Milvus at {uri} ({text.splitlines()[0][:200]}): check QIAO_MILVUS_URI and that the server is running"
+
+
+def _refused_credentials(exc: BaseException) -> bool:
+    """A gRPC UNAUTHENTICATED / PERMISSION_DENIED anywhere in the cause chain: pymilvus reports a
+    refused token at connection time as "Fail connecting to server ... or server unavailable"
+    with the gRPC error as its cause (tests/unit/index/test_milvus_server.py)."""
+    seen = 0
+    cur: BaseException | None = exc
+    while cur is not None and seen < 10:
+        code = getattr(cur, "code", None)
+        if callable(code):
+            try:
+                name = getattr(code(), "name", "")
+            except Exception:  # noqa: BLE001 - a .code() of another signature
+                name = ""
+            if name in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+                return True
+        cur, seen = cur.__cause__ or cur.__context__, seen + 1
+    return False
 
 
 def _call(settings, what: str, fn, *args, **kw):
