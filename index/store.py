@@ -209,6 +209,7 @@ def build_index(
         tokens = tokenize_many([bm25_text(c) for c in chunks])
         second = getattr(embedder, "second", None)  # the second embedder (index/use_embedder.py), if configured
         texts = [c.embed_text for c in chunks]
+        vectors2: np.ndarray | None = None
         if second is not None and getattr(embedder, "remote", False):
             # the first embedder runs on Ray workers (index/ray_ingest.py): this process embeds the
             # second one meanwhile (while the cluster starts and the workers embed) instead of after
