@@ -70,10 +70,11 @@ def ensure_ray(address: str):
         os.environ.setdefault("RAY_raylet_start_wait_time_s", "180")
         try:
             if address == "local":
-                # workers of a local cluster inherit this environment: this checkout on their path
-                # without a runtime_env (whose agent set-up cost seconds per job here)
+                # always a new cluster of this process (ray.init() without an address would join
+                # the last one started on this machine, maybe another checkout's); its workers
+                # inherit this environment, so this checkout goes on their path without a runtime_env
                 os.environ["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]).strip(os.pathsep)
-                ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+                ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
             else:
                 ray.init(address=address, log_to_driver=False, configure_logging=False)
         except Exception as exc:  # noqa: BLE001 - connection errors come in several types
