@@ -123,7 +123,8 @@ def latency(corpus: Path, questions: list[str], work: Path, seconds: float, log=
                     os.environ[k] = v
         out[backend] = res
     out["p50_ratio"] = round(out["milvus"]["p50_ms"] / out["faiss"]["p50_ms"], 2)
-    out["took_p50_ratio"] = round(out["milvus"]["took_p50_ms"] / out["faiss"]["took_p50_ms"], 2)
+    took = (out["milvus"]["took_p50_ms"], out["faiss"]["took_p50_ms"])
+    out["took_p50_ratio"] = round(took[0] / took[1], 2) if all(took) else None
     return out
 
 
@@ -183,7 +184,7 @@ def _search_only(data: Path, questions: list[str], seconds: float, log) -> dict:
     """One-client /search phase through :func:`qiao.eval.bench.server_bench`'s server (its first phase)."""
     res = server_bench(data, questions, seconds, log=log)
     first = res["phases"][0]
-    return {"p50_ms": first["p50_ms"], "p95_ms": first["p95_ms"], "took_p50_ms": first.get("took_p50_ms"),
+    return {"p50_ms": first["p50_ms"], "p95_ms": first["p95_ms"], "took_p50_ms": first.get("server_took_p50_ms"),
             "requests": first["requests"], "rss_end_mb": res["rss_end_mb"]}
 
 
