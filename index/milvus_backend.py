@@ -407,6 +407,8 @@ def write_rows(
         assert prev is not None and base is not None
         name = prev["collection"]
         terms.avgdl_ref = base.avgdl_ref
+        # a collection is released when its server (or milvus-lite file) is reopened: load it to read it
+        _call(settings, "load the collection", client.load_collection, name)
         existing = _call(settings, "list the stored rows", _all_pks, client, name)
     else:
         terms = Terms.build(tokens)  # a new generation: fresh token ids and exact length normalisation
@@ -457,6 +459,7 @@ def finish_write(settings, section: dict, chunks: Sequence[Chunk]) -> int:
     if not section.get("stale_rows"):
         return 0
     keep_pks = {pk_of(c.chunk_id) for c in chunks}
+    _call(settings, "load the collection", client.load_collection, name)
     stale = sorted(_call(settings, "list the stored rows", _all_pks, client, name) - keep_pks)
     for s in range(0, len(stale), 4096):
         _call(settings, "delete rows", client.delete, name, ids=stale[s : s + 4096])
