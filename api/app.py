@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from qiao.api.admission import HeavyLane
 from qiao.api.deps import get_service
 from qiao.api.errors import install_error_handlers, register_error_handlers, register_roots
 from qiao.api.logging_mw import install_request_logging
@@ -50,11 +51,12 @@ def create_app(settings: Settings | None = None, service: QiaoService | None = N
         redoc_url="/redoc" if settings.api_docs else None,
     )
     app.state.service = service
+    app.state.heavy_lane = HeavyLane.of(settings)  # admission control for long queries (api/admission.py)
     register_error_handlers(app)
     app.dependency_overrides[get_service] = lambda: service
     app.include_router(core_router)
-    app.include_router(ask_router, responses=error_responses(400, 404, 422, 503))  # POST /ask
-    app.include_router(openai_router, responses=error_responses(400, 404, 413, 422, 503, model=OpenAIErrorOut))  # OpenAI-compatible /v1/chat/completions, /v1/models
+    app.include_router(ask_router, responses=error_responses(400, 404, 422, 429, 503))  # POST /ask
+    app.include_router(openai_router, responses=error_responses(400, 404, 413, 422, 429, 503, model=OpenAIErrorOut))  # OpenAI-compatible /v1/chat/completions, /v1/models
     app.include_router(admin_router, responses=error_responses(400, 401, 403, 404, 409, 413, 415, 422, 503))
     app.include_router(web_router)
     _harden(app, settings)

@@ -5,22 +5,30 @@
 deadline, the client's ``http.disconnect``. On the deadline the answer is a 503 JSON error naming
 the limit (with ``Retry-After``); on a disconnect nobody is left to answer. Either way the budget
 is cancelled, so the embedding jobs the request queued are dropped before they reach an engine
-(:mod:`qiao.index.pool`), and a thread blocked waiting for one returns within 50 ms. Retrieval
-steps between embeddings (BM25, FAISS, fusion) are not interruptible; they take milliseconds.
+(:mod:`qiao.index.pool`), and a thread blocked waiting for one returns within 50 ms; the Python
+steps between embeddings (query analysis, BM25, /ask sentence scoring) check the budget between
+steps (:func:`qiao.index.budget.check_budget`) and stop there.
+
+The deadline counts from the request's arrival (stamped by the outermost middleware,
+``api/logging_mw.py``), so time spent reading the body, parsing it and waiting for the heavy lane
+(:mod:`qiao.api.admission`) is inside it. With ``lane`` (a heavy request), the work first waits for a
+slot of the heavy lane (429 with ``Retry-After`` when none comes in time), and the slot is handed
+back when the work really ends (not at the 503), with the CPU time the work's thread used.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import time
 from typing import Any, Callable
 
 from fastapi import HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from qiao.index.budget import Budget, set_budget
-from qiao.index.pool import EmbeddingCancelled
+from qiao.api.admission import ClientLeft, HeavyLane, LaneFull
+from qiao.index.budget import Budget, BudgetSpent, set_budget
 
 
 class ClientGone(Exception):
@@ -44,29 +52,64 @@ async def _disconnected(request: Request) -> None:
             return
 
 
+def busy_error(exc: LaneFull) -> HTTPException:
+    """429 Too Many Requests: the heavy lane is a rate limit on long queries (a share of the server's time),
+    and ``Retry-After`` says when to come back; clients such as the openai SDK honour both and retry."""
+    return HTTPException(status_code=429, detail=exc.message, headers={"Retry-After": str(exc.retry_after)})
+
+
 def _consume(fut: asyncio.Future) -> None:
     if not fut.cancelled():
         fut.exception()  # a cancelled request's late error is expected: don't log it as unretrieved
 
 
-async def bounded(request: Request, seconds: float, fn: Callable[..., Any], *args, **kwargs) -> Any:
-    budget = Budget(seconds)
-    ctx = contextvars.copy_context()
-    ctx.run(set_budget, budget)
-    work = asyncio.ensure_future(run_in_threadpool(ctx.run, fn, *args, **kwargs))
+def arrival(request: Request) -> float:
+    """``time.monotonic()`` when the request arrived (the outermost middleware stamps it; else now)."""
+    return request.scope.get("state", {}).get("arrived") or time.monotonic()
+
+
+def _timed(cpu: list[float], ctx: contextvars.Context, fn: Callable[..., Any], *args, **kwargs) -> Any:
+    """Run ``fn`` in ``ctx`` and put the CPU time this thread spent on it in ``cpu[0]``."""
+    c0 = time.thread_time()
+    try:
+        return ctx.run(fn, *args, **kwargs)
+    finally:
+        cpu[0] = time.thread_time() - c0
+
+
+async def bounded(request: Request, seconds: float, fn: Callable[..., Any], *args, lane: HeavyLane | None = None, **kwargs) -> Any:
+    deadline = arrival(request) + seconds
+    budget = Budget(max(0.0, deadline - time.monotonic()))
     watch = asyncio.ensure_future(_disconnected(request))
     try:
-        done, _ = await asyncio.wait({work, watch}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:  # the server is shutting down or the ASGI task was cancelled
-        budget.cancel("the request was cancelled")
-        work.add_done_callback(_consume)
-        raise
+        if lane is not None:
+            try:
+                await lane.acquire(deadline, watch)
+            except LaneFull as exc:
+                raise busy_error(exc) from None
+            except ClientLeft:
+                raise ClientGone from None
+            except asyncio.TimeoutError:
+                raise timeout_error(seconds) from None
+        ctx = contextvars.copy_context()
+        ctx.run(set_budget, budget)
+        cpu = [0.0]
+        started = time.monotonic()
+        work = asyncio.ensure_future(run_in_threadpool(_timed, cpu, ctx, fn, *args, **kwargs))
+        if lane is not None:  # the slot is free when the work really ends (a timed-out thread may still run)
+            work.add_done_callback(lambda _f: lane.release(cpu[0], time.monotonic() - started))
+        try:
+            done, _ = await asyncio.wait({work, watch}, timeout=max(0.0, deadline - time.monotonic()), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the server is shutting down or the ASGI task was cancelled
+            budget.cancel("the request was cancelled")
+            work.add_done_callback(_consume)
+            raise
     finally:
         watch.cancel()
     if work in done:
         try:
             return work.result()
-        except EmbeddingCancelled:
+        except BudgetSpent:
             raise timeout_error(seconds) from None
     work.add_done_callback(_consume)
     if watch in done:

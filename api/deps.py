@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import Depends
+from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
 
 from qiao.errors import NoIndex
 
+from qiao.api.admission import HeavyLane
 from qiao.api.schemas import too_long
 from qiao.service.core import QiaoService, Snapshot
 
@@ -22,6 +23,12 @@ def get_snapshot(service: QiaoService = Depends(get_service)) -> Snapshot:
         detail = service.load_error or "no index is loaded"
         raise NoIndex(f"{detail} (build it with `qiao index`)")
     return snap
+
+
+def heavy_lane(request: Request, *texts: str) -> HeavyLane | None:
+    """The app's heavy lane when ``texts`` make a heavy request (api/admission.py), else None."""
+    lane: HeavyLane | None = getattr(request.app.state, "heavy_lane", None)
+    return lane if lane is not None and lane.is_heavy(*texts) else None
 
 
 def check_text_length(text: str, field: str, service: QiaoService) -> None:

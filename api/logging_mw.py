@@ -122,7 +122,9 @@ class RequestLogMiddleware:
             return
         t0 = time.perf_counter()
         rid = request_id_of(scope.get("headers") or ())
-        scope.setdefault("state", {})["request_id"] = rid
+        state = scope.setdefault("state", {})
+        state["request_id"] = rid
+        state["arrived"] = time.monotonic()  # the request time budget counts from here (api/budget.py)
         status = {"code": 500}
         body = bytearray()
         peek = self.log_queries and scope["method"] == "POST" and scope["path"] in _QUERY_ROUTES

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 
 from qiao.api.budget import ClientGone, bounded, client_gone_response
-from qiao.api.deps import check_text_length, get_service, get_snapshot
+from qiao.api.deps import check_text_length, get_service, get_snapshot, heavy_lane
 from qiao.api.schemas import AskRequest, HitOut
 from qiao.errors import check_doc_ids
 from qiao.service.core import QiaoService, Snapshot
@@ -41,7 +41,7 @@ async def ask(
     try:
         s = service.settings
         seconds = s.request_timeout_s + (s.llm_timeout if s.llm_base_url and s.llm_model else 0.0)  # a chat model may write it
-        return await bounded(request, seconds, _ask, req, snap, service)
+        return await bounded(request, seconds, _ask, req, snap, service, lane=heavy_lane(request, req.question))
     except ClientGone:
         return client_gone_response()
 

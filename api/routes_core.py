@@ -7,7 +7,7 @@ import time
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
 from qiao.api.budget import ClientGone, bounded, client_gone_response
-from qiao.api.deps import check_text_length, get_service, get_snapshot
+from qiao.api.deps import check_text_length, get_service, get_snapshot, heavy_lane
 from qiao.api.errors import redact_paths
 from qiao.api.schemas import (
     DocumentList,
@@ -40,17 +40,18 @@ def health(service: QiaoService = Depends(get_service)) -> HealthResponse:
     )
 
 
-@router.post("/search", response_model=SearchResponse, tags=["search"], responses=error_responses(400, 404, 422, 503))
+@router.post("/search", response_model=SearchResponse, tags=["search"], responses=error_responses(400, 404, 422, 429, 503))
 async def search(
     req: SearchRequest, request: Request, snap: Snapshot = Depends(get_snapshot), service: QiaoService = Depends(get_service)
 ) -> SearchResponse:
     """Ranked passages for a query in English or Chinese, with their exact offsets into the source.
     Runs in a worker thread within ``QIAO_REQUEST_TIMEOUT_S`` (503 after it); a client that
-    disconnects cancels its queued work."""
+    disconnects cancels its queued work. A long query waits for the heavy lane (429 busy with
+    ``Retry-After`` when it is full)."""
     check_text_length(req.query, "query", service)
     check_doc_ids(snap.index.documents, req.filters.doc_id)
     try:
-        return await bounded(request, service.settings.request_timeout_s, _search, req, snap)
+        return await bounded(request, service.settings.request_timeout_s, _search, req, snap, lane=heavy_lane(request, req.query))
     except ClientGone:
         return client_gone_response()
 

@@ -7,7 +7,9 @@
   ignored (Qiao answers from its documents, not from instructions). Limits: ``QIAO_MAX_CHAT_MESSAGES``
   messages and ``QIAO_MAX_CHAT_CHARS`` characters over all of them (413), the resolved question
   ``QIAO_MAX_QUERY_CHARS`` (422). Parsing, resolution and answering run in a worker thread, so a
-  costly request never holds the event loop (``/health`` and other clients keep being answered). The reply keeps the answer's
+  costly request never holds the event loop (``/health`` and other clients keep being answered); the
+  answer runs like ``/ask``'s, within ``QIAO_REQUEST_TIMEOUT_S`` and, for a long question, through the
+  heavy lane (api/admission.py; 429 with ``Retry-After`` when it is full). The reply keeps the answer's
   ``[n]`` markers and ends with a sources list (title, source file, date, quote); the structured
   citations are returned in the extra top-level field ``citations`` (on the final chunk when
   streaming), with ``answerable`` and ``question`` (the question actually asked).
@@ -29,16 +31,18 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from qiao.api.deps import get_service
+from qiao.api.budget import ClientGone, bounded, client_gone_response
+from qiao.api.deps import get_service, heavy_lane
 from qiao.api.errors import redact_paths
 from qiao.api.schemas import SearchFilters
 from qiao.corpus.lang import detect_lang
 from qiao.errors import NoIndex, QiaoError, UnknownDocument, check_doc_ids, openai_error_fields
+from qiao.index.budget import BudgetSpent
 from qiao.service.core import QiaoService
 from qiao.service.followup import resolve_question
 from qiao.settings import Settings
@@ -59,13 +63,17 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 class OpenAIError(Exception):
     """An error answered in the OpenAI shape."""
 
-    def __init__(self, message: str, status: int = 400, param: str | None = None, code: str | None = None, type: str = "invalid_request_error"):
+    def __init__(
+        self, message: str, status: int = 400, param: str | None = None, code: str | None = None,
+        type: str = "invalid_request_error", headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.message, self.status, self.param, self.code, self.type = message, status, param, code, type
+        self.headers = headers
 
     def response(self) -> JSONResponse:
         body = {"error": {"message": redact_paths(self.message)[:2000], "type": self.type, "param": self.param, "code": self.code}}
-        return JSONResponse(body, status_code=self.status)
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
 
     @classmethod
     def of(cls, exc: QiaoError, param: str | None = None) -> "OpenAIError":
@@ -276,8 +284,8 @@ def _ask(service: QiaoService, snap, question: str, k: int, filters: SearchFilte
     return engine_for(snap, service.settings).ask(question, k=k, filters=filters.to_filters())
 
 
-def _answer_chat(raw: bytes, service: QiaoService):
-    """Parse, validate and answer one chat body (runs in a worker thread): ``(req, question, answer, content, snap)``."""
+def _parse_chat(raw: bytes, service: QiaoService):
+    """Parse and validate one chat body and resolve its question (runs in a worker thread): ``(req, question, snap)``."""
     try:
         body = json.loads(raw) if raw else None
     except (ValueError, UnicodeDecodeError):
@@ -296,14 +304,18 @@ def _answer_chat(raw: bytes, service: QiaoService):
         check_doc_ids(snap.index.documents, req.filters.doc_id)
     except UnknownDocument as exc:
         raise OpenAIError.of(exc, param="filters.doc_id") from None
-    question = chat_question(req, settings.max_query_chars)
+    return req, chat_question(req, settings.max_query_chars), snap
+
+
+def _answer_chat(service: QiaoService, snap, req: ChatRequest, question: str):
+    """Answer a parsed chat question (runs in a worker thread, within the request's budget): ``(answer, content)``."""
     try:
         answer = _ask(service, snap, question, req.k, req.filters)
-    except QiaoError as exc:
-        raise OpenAIError.of(exc) from None
+    except (QiaoError, BudgetSpent):
+        raise
     except Exception as exc:  # noqa: BLE001 - answered in the OpenAI shape rather than a bare 500
         raise OpenAIError(f"the answer pipeline failed: {type(exc).__name__}: {exc}", status=500, type="server_error") from exc
-    return req, question, answer, render_content(answer, question), snap
+    return answer, render_content(answer, question)
 
 
 # --- routes -------------------------------------------------------------------------------------------
@@ -363,7 +375,17 @@ async def chat_completions(request: Request, service: QiaoService = Depends(get_
         raw = await request.body()  # bounded by QIAO_MAX_BODY_BYTES (api/limits.py)
         # everything after reading the body costs CPU in proportion to the input: parsing, the
         # follow-up resolution and the answer run in a worker thread, never on the event loop
-        req, question, answer, content, snap = await run_in_threadpool(_answer_chat, raw, service)
+        req, question, snap = await run_in_threadpool(_parse_chat, raw, service)
+        s = service.settings
+        seconds = s.request_timeout_s + (s.llm_timeout if s.llm_base_url and s.llm_model else 0.0)  # as /ask
+        answer, content = await bounded(request, seconds, _answer_chat, service, snap, req, question, lane=heavy_lane(request, question))
+    except ClientGone:
+        return client_gone_response()
+    except QiaoError as exc:
+        return OpenAIError.of(exc).response()
+    except HTTPException as exc:  # the heavy lane (429) or the time budget (503), with Retry-After
+        code, kind = ("rate_limit_exceeded", "rate_limit_error") if exc.status_code == 429 else ("timeout", "server_error")
+        return OpenAIError(str(exc.detail), status=exc.status_code, code=code, type=kind, headers=exc.headers).response()
     except OpenAIError as exc:
         return exc.response()
 

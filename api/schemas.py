@@ -170,8 +170,10 @@ _ERROR_TEXT = {
     413: "upload too large",
     415: "unsupported file or content type",
     422: "invalid input (the message names the field and the rule)",
+    429: "busy with long queries: retry after the Retry-After seconds, or send a shorter text (QIAO_HEAVY_QUERY_CHARS)",
     500: "the index could not be rebuilt; the current index is unchanged",
-    503: "no index is loaded (run `qiao index`), or another update is in progress (retry later)",
+    503: "no index is loaded (run `qiao index`), another update is in progress, or the request ran out of its time "
+    "budget (QIAO_REQUEST_TIMEOUT_S); retry later",
 }
 
 

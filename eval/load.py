@@ -276,7 +276,8 @@ def markdown(runs: list[dict]) -> str:
            "A real `qiao serve` per checkout, one after the other, on this 2-core machine; the load average is the",
            "machine's (other jobs included) when the run started. Short queries are distinct real lines of the seed",
            "corpus; long ones 2,000 distinct CJK characters. A 503 is the request time budget (QIAO_REQUEST_TIMEOUT_S,",
-           "10 s) answering instead of a hang; status 0 is the client giving up (120 s).", ""]
+           "8 s since the heavy lane, 10 s before) answering instead of a hang; a 429 is the heavy lane (api/admission.py) full;",
+           "status 0 is the client giving up (120 s).", ""]
     if all("throughput" in r for r in runs):
         out += ["## /search throughput by clients (short queries)", "",
                 "| clients | " + " | ".join(f"{n}: req/s, p50 ms, ratio" for n in names) + " |",

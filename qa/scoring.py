@@ -20,6 +20,7 @@ import numpy as np
 from qiao.corpus.gazetteer import expand_with_parents
 from qiao.index.analysers import tokenize
 from qiao.index.backend import TermStats
+from qiao.index.budget import check_budget
 from qiao.qa.facts import evidence_date, figures
 from qiao.qa.models import ScoredSentence, Sentence
 from qiao.qa.question import Question
@@ -29,6 +30,8 @@ BRIDGE_FACTOR = 1.0
 REGION_PENALTY = 0.1
 YEAR_PENALTY = 0.1
 TYPE_BONUS = 0.1
+BUDGET_EVERY = 64
+"""Token sets scored between two checks of the request's time budget (:func:`lexical_scores`)."""
 """Added when a unit holds the kind of answer asked for: a date (its own or its timeline entry's)
 for "when" questions, a figure for "how many" questions."""
 
@@ -67,8 +70,14 @@ def coverage(q: Question, have: frozenset[str], idf: IdfTable, bridge_factor: fl
 
 
 def lexical_scores(q: Question, token_sets: Sequence[frozenset[str]], idf: IdfTable) -> np.ndarray:
-    """``(n,)`` :func:`coverage` of the question by each token set."""
-    return np.array([coverage(q, have, idf) for have in token_sets], dtype=np.float32)
+    """``(n,)`` :func:`coverage` of the question by each token set (the request's time budget is checked
+    every :data:`BUDGET_EVERY` sets: a 2,000-character question makes each set cost ~1,000 look-ups)."""
+    out = np.zeros(len(token_sets), np.float32)
+    for i, have in enumerate(token_sets):
+        if i % BUDGET_EVERY == 0:
+            check_budget()
+        out[i] = coverage(q, have, idf)
+    return out
 
 
 def about_regions(s: Sentence, regions: Sequence[str]) -> bool:

@@ -182,8 +182,22 @@ class Settings(BaseSettings):
         64, ge=1, le=512, description="queries of at most this many tokens use the pool's fast lane (index/pool.py)"
     )
     request_timeout_s: float = Field(
-        10.0, gt=0, description="time budget of one /search, /ask or chat request; over it the answer is a 503 JSON error"
+        8.0, gt=0,
+        description="time budget of one /search, /ask or chat request, from its arrival; over it the answer is a 503 JSON "
+        "error. 8 s leaves the server 2 s to deliver that answer on a saturated machine, so no request takes over 10 s",
     )
+    heavy_query_chars: int = Field(
+        256, ge=1,
+        description="a query, question or chat question longer than this (characters after NFKC) is heavy: it goes "
+        "through the heavy lane (api/admission.py)",
+    )
+    heavy_concurrency: int = Field(1, ge=1, le=64, description="heavy requests the server works on at once")
+    heavy_share: float = Field(
+        0.25, gt=0, le=1,
+        description="share of the time heavy requests may take: after one used c s of CPU the lane pauses c*(1-share)/share s",
+    )
+    heavy_wait_s: float = Field(5.0, gt=0, description="seconds a heavy request waits for the heavy lane before a 429 busy")
+    heavy_queue: int = Field(32, ge=0, description="heavy requests that may wait for the lane; more get a 429 busy at once")
     max_extracted_chars: int = Field(
         1_000_000, ge=1000,
         description="characters of text one upload (all its files) may add; more is a 413 (corpus/extract.py). "

@@ -9,6 +9,7 @@ import numpy as np
 
 from qiao.corpus.lang import detect_lang
 from qiao.index.analysers import tokenize
+from qiao.index.budget import check_budget
 from qiao.index.dictionary import bridge_tokens
 from qiao.index.dictionary import warm_in_background as warm_dictionary
 from qiao.index.glossary import expand_query
@@ -200,6 +201,7 @@ class HybridRetriever:
             raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
         depth = self.depth(k)
         qa = self.analyse(query)
+        check_budget()  # a request out of time stops here, not after BM25 and fusion (index/budget.py)
         cand = Candidates(qa=qa)
         if mode == "vector2" or (mode == "hybrid" and self.config.fusion.second_on):
             cand.query_vector2, cand.vec_lists2 = self.second_candidates(query, depth, mask, query_vector2)
@@ -207,6 +209,7 @@ class HybridRetriever:
                 return cand
         if mode in ("bm25", "hybrid"):
             cand.bm25_rows, cand.bm25_all = self.bm25_candidates(qa, depth, mask)
+            check_budget()
         if mode in ("vector", "hybrid") and self.config.fusion.method == "rrf":
             cand.vec_rows, cand.vec_scores = self.vector_candidates(query, depth, mask, query_vector)
         elif mode in ("vector", "hybrid"):

