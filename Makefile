@@ -57,6 +57,8 @@ test: install-test chromium lint
 
 bench: install-test
 	HF_HUB_OFFLINE=1 $(BIN)/python -m qiao.eval.bench
+	@if [ -d ../shared/data/openqa-dev/corpus ]; then HF_HUB_OFFLINE=1 $(BIN)/python -m qiao.eval.bench_backends; \
+	else echo "bench: ../shared/data/openqa-dev not here: Milvus / Ray figures (eval/BENCH_BACKENDS.md) skipped"; fi
 
 soak: install-test
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m soak tests

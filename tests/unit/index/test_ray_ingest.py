@@ -28,6 +28,11 @@ def test_ray_ingest_gives_the_in_process_vectors_and_resumes(tmp_path, seed_serv
     ours = index.vectors(np.arange(index.size))
     theirs = seed.vectors(np.array([row_of[c.chunk_id] for c in index.chunks]))
     assert np.einsum("ij,ij->i", ours, theirs).min() > 0.9999  # the same vectors as in process, in row order
+    if settings.second_embedder != "none":  # the second embedder's vectors too (embedded in the driver meanwhile)
+        assert index.manifest.get("second_embedder") and index.second_index is not None
+        rows = np.array([row_of[c.chunk_id] for c in index.chunks])
+        both2 = np.einsum("ij,ij->i", index.second_vectors(np.arange(index.size)), seed.second_vectors(rows))
+        assert both2.min() > 0.9999
     again = service.build(docs, progress=False)
     assert again.embedded == 0  # resumable: everything finished is in the content-hash cache
     hits = service.snapshot.retriever.search("stem cell", k=3)
