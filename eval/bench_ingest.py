@@ -363,7 +363,7 @@ def section(result: dict) -> str:
         "and the converted weights in each worker (tens of seconds on this loaded machine), jieba and the analysers; they amortise "
         "over a large corpus.", "",
         "### `/search` throughput at 1, 2, 4 and 8 clients", "",
-        "Measured by the embedding-pool work (branch `harden-load`, index/pool.py); its table goes here.", "",
+        "Measured with `python -m eval.load` (real server, 1 vs 2 server processes): see \"Ingest profile and server processes\" below.", "",
     ]
     if mil:
         rate = (ing["paragraphs"] / ing["qiao_index_s"]) if ing else None
