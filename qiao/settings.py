@@ -176,7 +176,13 @@ class Settings(BaseSettings):
     # --- load: concurrency, time budgets, upload caps (see index/pool.py, api/budget.py, corpus/extract.py) ----
     embed_workers: int = Field(
         0, ge=0, le=64,
-        description="embedding engines the server runs, one thread each (0: one per usable core)",
+        description="embedding engines the server runs, one thread each (0: one per usable core, divided among "
+        "the server processes)",
+    )
+    server_workers: int = Field(
+        1, ge=1, le=64,
+        description="server processes `qiao serve` runs on one port (uvicorn workers), each with its own copy of the "
+        "index and its own embedding engines; they pick up index switches from each other (eval/BENCH.md)",
     )
     short_query_tokens: int = Field(
         64, ge=1, le=512, description="queries of at most this many tokens use the pool's fast lane (index/pool.py)"

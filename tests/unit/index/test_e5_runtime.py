@@ -232,3 +232,27 @@ def test_retrieval_ranks_the_right_document_first(tmp_path, models_dir):
     ]:
         hits = service.snapshot.retriever.search(query, k=3, mode="vector")
         assert hits[0].chunk.source == expected, (query, [h.chunk.source for h in hits])
+
+
+def test_parent_process_feeds_workers_without_torch(models_dir, engine):
+    """`qiao index` only feeds the worker processes: the parent neither imports torch nor reads the converted
+    weights (3-6 s saved per build), ``warm()`` starts the workers early, and their vectors are the in-process ones."""
+    texts = ["stem cell therapy", "干细胞临床研究的备案", "gene therapy pilot zone in Hainan", "天津"]
+    code = (
+        "import sys, numpy as np\n"
+        "from pathlib import Path\n"
+        "from qiao.index.e5_runtime import TorchE5Embedder\n"
+        "eng = TorchE5Embedder(Path(sys.argv[1]), precision='f32', workers=2, progress=False)\n"
+        "eng.warm()\n"
+        "assert eng._pool is not None and len(eng._pool) == 2\n"
+        f"v = eng.embed_passages({texts!r})\n"
+        "np.save(sys.argv[2], v)\n"
+        "print('torch' in sys.modules)\n"
+        "eng.close()\n"
+    )
+    out = models_dir.parent / "parent_vectors.npy"
+    proc = subprocess.run([sys.executable, "-c", code, str(models_dir), str(out)], capture_output=True, text=True,
+                          cwd=str(PROJECT_ROOT), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "False"
+    assert np.allclose(np.load(out), engine.embed_passages(texts), atol=1e-5)
