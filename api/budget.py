@@ -78,9 +78,23 @@ def _timed(cpu: list[float], ctx: contextvars.Context, fn: Callable[..., Any], *
 
 
 async def bounded(request: Request, seconds: float, fn: Callable[..., Any], *args, lane: HeavyLane | None = None, **kwargs) -> Any:
-    deadline = arrival(request) + seconds
-    budget = Budget(max(0.0, deadline - time.monotonic()))
+    """``fn(*args, **kwargs)`` in the thread pool within ``seconds`` of the request's arrival (see the module doc)."""
     watch = asyncio.ensure_future(_disconnected(request))
+    try:
+        return await within(arrival(request) + seconds, seconds, fn, *args, lane=lane, gone=watch, **kwargs)
+    finally:
+        watch.cancel()
+
+
+async def within(
+    deadline: float, seconds: float, fn: Callable[..., Any], *args, lane: HeavyLane | None = None,
+    gone: asyncio.Future | None = None, **kwargs,
+) -> Any:
+    """:func:`bounded` without an HTTP request: ``deadline`` (``time.monotonic()``) and, optionally, a future
+    that completes when nobody waits for the answer any more (``gone``: then :class:`ClientGone`). The MCP
+    tools (integrations/mcp_server.py) run through this, so they get the same budget and heavy lane."""
+    budget = Budget(max(0.0, deadline - time.monotonic()))
+    watch: asyncio.Future = gone if gone is not None else asyncio.get_running_loop().create_future()
     try:
         if lane is not None:
             try:
@@ -105,7 +119,8 @@ async def bounded(request: Request, seconds: float, fn: Callable[..., Any], *arg
             work.add_done_callback(_consume)
             raise
     finally:
-        watch.cancel()
+        if gone is None:
+            watch.cancel()
     if work in done:
         try:
             return work.result()

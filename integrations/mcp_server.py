@@ -32,6 +32,7 @@ SDK's worker threads (the tools are plain functions), so the event loop keeps se
 from __future__ import annotations
 
 import functools
+import time
 from contextlib import asynccontextmanager
 from typing import Annotated, Literal
 
@@ -39,9 +40,12 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS, CallToolResult, Resource, TextContent, ToolAnnotations
+from fastapi import HTTPException
 from pydantic import BaseModel, Field
 
 import qiao
+from qiao.api.admission import HeavyLane
+from qiao.api.budget import within
 from qiao.errors import NoIndex, QiaoError, UnknownDocument, check_doc_ids, mcp_error
 from qiao.service.requests import CitationOut as Citation
 from qiao.service.requests import SearchFilters
@@ -114,8 +118,12 @@ class QiaoMCP(MCPServer):
         return listed
 
 
-def build_mcp_server(service) -> QiaoMCP:
-    """The MCP server over a :class:`qiao.service.core.QiaoService` (its serving snapshot, per call)."""
+def build_mcp_server(service, lane: HeavyLane | None = None) -> QiaoMCP:
+    """The MCP server over a :class:`qiao.service.core.QiaoService` (its serving snapshot, per call).
+
+    Each tool call runs like an HTTP request (api/budget.py ``within``): in the thread pool, within
+    ``QIAO_REQUEST_TIMEOUT_S``, and, for a long query, behind the server's heavy lane (``lane``:
+    api/admission.py); a spent budget or a full lane is a tool error that says so."""
     settings = service.settings
     max_chars = settings.max_query_chars
     server = QiaoMCP(
@@ -151,9 +159,17 @@ def build_mcp_server(service) -> QiaoMCP:
 
         return inner
 
+    async def bounded_call(text: str, fn, *args):
+        """``fn(*args)`` off the event loop within the request budget, heavy texts through the lane."""
+        seconds = settings.request_timeout_s
+        heavy = lane if lane is not None and lane.is_heavy(text) else None
+        try:
+            return await within(time.monotonic() + seconds, seconds, fn, *args, lane=heavy)
+        except HTTPException as exc:  # 429 (the heavy lane is full) or 503 (the time budget is spent)
+            raise ToolError(f"{exc.detail} (retry after {exc.headers.get('Retry-After', '2')} s)" if exc.headers else str(exc.detail)) from None
+
     @server.tool(annotations=read_only, structured_output=True)
-    @tool_call
-    def search(
+    async def search(
         query: Annotated[str, Field(description="English or Chinese (Simplified or Traditional)")],
         k: Annotated[int, Field(ge=1, le=100, description="number of passages, 1..100")] = 10,
         mode: Annotated[Literal["hybrid", "bm25", "vector"], Field(description="retriever")] = "hybrid",
@@ -161,6 +177,10 @@ def build_mcp_server(service) -> QiaoMCP:
     ) -> Annotated[CallToolResult, SearchOutput]:
         """Ranked passages from the documents, each with its source and exact character offsets."""
         check_text(query, "query")
+        return await bounded_call(query, run_search, query, k, mode, filters)
+
+    @tool_call
+    def run_search(query: str, k: int, mode: Literal["hybrid", "bm25", "vector"], filters: SearchFilters | None) -> CallToolResult:
         snap = snapshot()
         check_doc_ids(snap.index.documents, filters.doc_id if filters else None)
         hits = snap.retriever.search(query, k=k, mode=mode, filters=filters.to_filters() if filters else None)
@@ -183,17 +203,20 @@ def build_mcp_server(service) -> QiaoMCP:
         return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=out.model_dump(mode="json"))
 
     @server.tool(annotations=read_only, structured_output=True)
-    @tool_call
-    def ask(
+    async def ask(
         question: Annotated[str, Field(description="English or Chinese (Simplified or Traditional)")],
         k: Annotated[int, Field(ge=1, le=100, description="evidence passages to answer from, 1..100")] = 8,
         filters: SearchFilters | None = None,
     ) -> Annotated[CallToolResult, AskOutput]:
         """A short answer whose every statement ends with a [n] marker citing the exact source span;
         says so (answerable=false) when the documents do not answer the question."""
+        check_text(question, "question")
+        return await bounded_call(question, run_ask, question, k, filters)
+
+    @tool_call
+    def run_ask(question: str, k: int, filters: SearchFilters | None) -> CallToolResult:
         from qiao.qa.pipeline import engine_for
 
-        check_text(question, "question")
         snap = snapshot()
         check_doc_ids(snap.index.documents, filters.doc_id if filters else None)
         answer = engine_for(snap, settings).ask(question, k=k, filters=filters.to_filters() if filters else None)
@@ -284,7 +307,8 @@ def mount_mcp(app, service) -> MCPEndpoint:
     binds a loopback address (``QIAO_HOST``, default 127.0.0.1), as the SDK does by default."""
     from starlette.routing import Route
 
-    endpoint = MCPEndpoint(build_mcp_server(service), host=str(service.settings.host))
+    lane = getattr(app.state, "heavy_lane", None)  # the HTTP routes' heavy lane (api/app.py), shared
+    endpoint = MCPEndpoint(build_mcp_server(service, lane), host=str(service.settings.host))
     app.router.routes.append(Route("/mcp", endpoint=endpoint, methods=["GET", "POST", "DELETE"], include_in_schema=False))
     inner = app.router.lifespan_context
 

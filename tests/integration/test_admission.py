@@ -231,3 +231,33 @@ def test_time_waiting_for_the_lane_counts_against_the_request_budget(lane_server
         assert took < 10, took  # ended by its own 1 s budget, not the lane's 30 s wait
         assert server.app.state.heavy_lane.stats.abandoned == 1
     service.disable_pool()
+
+
+def test_mcp_tools_go_through_the_heavy_lane_and_the_time_budget(lane_server):
+    """The MCP tools (integrations/mcp_server.py) share the HTTP routes' heavy lane and budget: with the lane
+    closed, a long query over MCP is a tool error saying the server is busy with long queries (not a call that
+    holds a thread for as long as it likes), while a short one is answered with exact citations."""
+    from test_mcp import http_session
+
+    server, service = lane_server(heavy_wait_s=0.5, request_timeout_s=30)
+
+    async def calls():
+        async with http_session(server.url) as session:
+            lane = server.app.state.heavy_lane
+            lane.open_at = time.monotonic() + 3600  # closed, as after a long duty-cycle pause
+            t0 = time.monotonic()
+            for tool, args in (("search", {"query": LONG_ZH}), ("ask", {"question": LONG_EN})):
+                res = await session.call_tool(tool, args)
+                assert res.is_error, res
+                assert "busy with long queries" in res.content[0].text and "retry after" in res.content[0].text
+            assert time.monotonic() - t0 < 10  # the lane's 0.5 s waits, not the 30 s budget
+            assert lane.stats.rejected == 2
+            res = await session.call_tool("search", {"query": "stem cell clinical research", "k": 2})
+            assert not res.is_error
+            docs = service.snapshot.index.documents
+            for c in res.structured_content["citations"]:
+                assert c["quote"] == docs[c["doc_id"]].text[c["start"] : c["end"]]
+
+    with server:
+        asyncio.run(calls())
+    service.disable_pool()
