@@ -21,6 +21,7 @@ from qiao.api.routes_core import router as core_router
 from qiao.api.routes_openai import router as openai_router
 from qiao.api.routes_web import router as web_router
 from qiao.api.schemas import OpenAIErrorOut, error_responses
+from qiao.api.budget import tool_runner
 from qiao.integrations.mcp_server import mount_mcp
 from qiao.service.core import QiaoService
 from qiao.settings import Settings, get_settings
@@ -62,7 +63,7 @@ def create_app(settings: Settings | None = None, service: QiaoService | None = N
     _harden(app, settings)
     install_metrics(app, service)  # GET /metrics (Prometheus) and per-route request metrics
     install_request_logging(app, settings)  # one JSON log line per request, X-Request-ID (outermost middleware)
-    mount_mcp(app, service)  # MCP over streamable HTTP at /mcp, session manager inside the app's lifespan
+    mount_mcp(app, service, tool_runner(app, service.settings))  # MCP over streamable HTTP at /mcp (the routes' budget and heavy lane)
     return app
 
 

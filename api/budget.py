@@ -137,3 +137,22 @@ async def within(
 def client_gone_response() -> Response:
     """What a handler returns for a client that left: nobody reads it (499, as nginx logs it)."""
     return Response(status_code=499)
+
+
+def tool_runner(app, settings):
+    """How the MCP tools (integrations/mcp_server.py) run their work inside this app: like a route, within
+    ``QIAO_REQUEST_TIMEOUT_S`` of the call and, for a long query, behind the app's heavy lane; the lane's
+    429 and the budget's 503 become :class:`qiao.errors.Busy` (a tool error with the same message)."""
+    from qiao.errors import Busy
+
+    async def run(text: str, fn: Callable[..., Any], *args: Any) -> Any:
+        lane: HeavyLane | None = getattr(app.state, "heavy_lane", None)
+        seconds = settings.request_timeout_s
+        try:
+            return await within(time.monotonic() + seconds, seconds, fn, *args, lane=lane if lane is not None and lane.is_heavy(text) else None)
+        except HTTPException as exc:
+            retry = (exc.headers or {}).get("Retry-After")
+            raise Busy(f"{exc.detail}" + (f" (retry after {retry} s)" if retry else "")) from None
+
+    return run
+

@@ -32,7 +32,8 @@ SDK's worker threads (the tools are plain functions), so the event loop keeps se
 from __future__ import annotations
 
 import functools
-import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 from contextlib import asynccontextmanager
 from typing import Annotated, Literal
 
@@ -40,12 +41,9 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS, CallToolResult, Resource, TextContent, ToolAnnotations
-from fastapi import HTTPException
 from pydantic import BaseModel, Field
 
 import qiao
-from qiao.api.admission import HeavyLane
-from qiao.api.budget import within
 from qiao.errors import NoIndex, QiaoError, UnknownDocument, check_doc_ids, mcp_error
 from qiao.service.requests import CitationOut as Citation
 from qiao.service.requests import SearchFilters
@@ -118,12 +116,24 @@ class QiaoMCP(MCPServer):
         return listed
 
 
-def build_mcp_server(service, lane: HeavyLane | None = None) -> QiaoMCP:
+Runner = Callable[..., Awaitable[Any]]
+"""``await run(text, fn, *args)``: ``fn(*args)`` run for a tool call about ``text`` (the query or question)."""
+
+
+async def _in_thread(text: str, fn: Callable[..., Any], *args: Any) -> Any:
+    import anyio.to_thread
+
+    return await anyio.to_thread.run_sync(fn, *args)
+
+
+def build_mcp_server(service, run: Runner | None = None) -> QiaoMCP:
     """The MCP server over a :class:`qiao.service.core.QiaoService` (its serving snapshot, per call).
 
-    Each tool call runs like an HTTP request (api/budget.py ``within``): in the thread pool, within
-    ``QIAO_REQUEST_TIMEOUT_S``, and, for a long query, behind the server's heavy lane (``lane``:
-    api/admission.py); a spent budget or a full lane is a tool error that says so."""
+    ``run`` executes each tool's work. The HTTP app passes its own (api/app.py: in the thread pool within
+    ``QIAO_REQUEST_TIMEOUT_S``, long queries behind the heavy lane, exactly as its routes), so an MCP
+    call gets the same budget and admission as ``/search``; a spent budget or a full lane is a
+    :class:`qiao.errors.QiaoError` and so a tool error that says so. Default (stdio): a worker thread."""
+    runner: Runner = run or _in_thread
     settings = service.settings
     max_chars = settings.max_query_chars
     server = QiaoMCP(
@@ -160,13 +170,10 @@ def build_mcp_server(service, lane: HeavyLane | None = None) -> QiaoMCP:
         return inner
 
     async def bounded_call(text: str, fn, *args):
-        """``fn(*args)`` off the event loop within the request budget, heavy texts through the lane."""
-        seconds = settings.request_timeout_s
-        heavy = lane if lane is not None and lane.is_heavy(text) else None
         try:
-            return await within(time.monotonic() + seconds, seconds, fn, *args, lane=heavy)
-        except HTTPException as exc:  # 429 (the heavy lane is full) or 503 (the time budget is spent)
-            raise ToolError(f"{exc.detail} (retry after {exc.headers.get('Retry-After', '2')} s)" if exc.headers else str(exc.detail)) from None
+            return await runner(text, fn, *args)
+        except QiaoError as exc:  # the heavy lane is full, the time budget is spent
+            raise ToolError(exc.message) from exc
 
     @server.tool(annotations=read_only, structured_output=True)
     async def search(
@@ -299,7 +306,7 @@ class MCPEndpoint:
         await handler(scope, receive, send)
 
 
-def mount_mcp(app, service) -> MCPEndpoint:
+def mount_mcp(app, service, run: Runner | None = None) -> MCPEndpoint:
     """Serve MCP over streamable HTTP at ``/mcp`` of ``app``, its session manager running inside the
     app's lifespan (wrapped around whatever lifespan the app already has).
 
@@ -307,8 +314,7 @@ def mount_mcp(app, service) -> MCPEndpoint:
     binds a loopback address (``QIAO_HOST``, default 127.0.0.1), as the SDK does by default."""
     from starlette.routing import Route
 
-    lane = getattr(app.state, "heavy_lane", None)  # the HTTP routes' heavy lane (api/app.py), shared
-    endpoint = MCPEndpoint(build_mcp_server(service, lane), host=str(service.settings.host))
+    endpoint = MCPEndpoint(build_mcp_server(service, run), host=str(service.settings.host))
     app.router.routes.append(Route("/mcp", endpoint=endpoint, methods=["GET", "POST", "DELETE"], include_in_schema=False))
     inner = app.router.lifespan_context
 
