@@ -86,3 +86,18 @@ def chromium_browser(chromium: str, args: list[str]):
         finally:
             b.close()
 
+
+def copy_seed_data(seed_service, tmp_path, shared_cache_dir):
+    """A private copy of the seed service's data directory (index and documents) under ``tmp_path``, with
+    the suite's shared embedding cache, for tests that run their own server processes over it."""
+    import shutil
+    from pathlib import Path
+
+    data = Path(tmp_path) / "data"
+    shutil.copytree(seed_service.settings.data_dir, data, symlinks=True)
+    (data / "cache").mkdir(exist_ok=True)
+    src = shared_cache_dir / "embeddings.sqlite"
+    if src.exists():
+        shutil.copy(src, data / "cache" / "embeddings.sqlite")
+    return data
+

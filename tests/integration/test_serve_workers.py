@@ -8,7 +8,6 @@ switches from each other), and SIGTERM stops the supervisor and its workers.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import httpx
 import pytest
 
 from qiao.settings import PROJECT_ROOT
-from support import free_port
+from support import copy_seed_data, free_port
 
 
 def _children(pid: int) -> list[int]:
@@ -36,13 +35,7 @@ def _children(pid: int) -> list[int]:
 
 @pytest.fixture()
 def data_dir(seed_service, tmp_path, shared_cache_dir) -> Path:
-    data = tmp_path / "data"
-    shutil.copytree(seed_service.settings.data_dir, data, symlinks=True)
-    (data / "cache").mkdir(exist_ok=True)
-    src = shared_cache_dir / "embeddings.sqlite"
-    if src.exists():
-        shutil.copy(src, data / "cache" / "embeddings.sqlite")
-    return data
+    return copy_seed_data(seed_service, tmp_path, shared_cache_dir)
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="counts worker processes in /proc")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import pytest
 
 from qiao.service.core import QiaoService, collect_documents
 from qiao.settings import PROJECT_ROOT, Settings
-from support import free_port
+from support import copy_seed_data, free_port
 
 SHUTDOWN_BOUND_S = 10.0  # QIAO_SHUTDOWN_TIMEOUT_S
 SLACK_S = 5.0  # process start-up of the signal path and interpreter exit on a loaded 2-core box
@@ -38,13 +37,7 @@ def big_document(n: int = 300) -> bytes:
 
 @pytest.fixture()
 def data_dir(seed_service, tmp_path, shared_cache_dir) -> Path:
-    data = tmp_path / "data"
-    shutil.copytree(seed_service.settings.data_dir, data, symlinks=True)
-    (data / "cache").mkdir(exist_ok=True)
-    src = shared_cache_dir / "embeddings.sqlite"
-    if src.exists():
-        shutil.copy(src, data / "cache" / "embeddings.sqlite")
-    return data
+    return copy_seed_data(seed_service, tmp_path, shared_cache_dir)
 
 
 def start_server(data: Path) -> tuple[subprocess.Popen, str]:
