@@ -101,3 +101,19 @@ def copy_seed_data(seed_service, tmp_path, shared_cache_dir):
         shutil.copy(src, data / "cache" / "embeddings.sqlite")
     return data
 
+
+def upload_through_page(pg, url: str, path):
+    """Open the web page at ``url``, upload the file ``path`` with its document-management form, and return
+    the ``POST /documents`` response (Playwright's); the caller asserts on it and on the page."""
+    from urllib.parse import urlparse
+
+    pg.goto(url + "/")
+    pg.wait_for_selector("body[data-ready='1']")
+    pg.click("#manage summary")
+    pg.wait_for_selector("#doc-rows tr")
+    before = pg.locator("#doc-rows tr").count()
+    pg.set_input_files("#upload-files", str(path))
+    with pg.expect_response(lambda r: urlparse(r.url).path == "/documents" and r.request.method == "POST") as info:
+        pg.click("#upload-form button[type=submit]")
+    return info.value, before
+

@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 
 from qiao.api.app import create_app
 from qiao.service.core import collect_documents
-from support import LiveServer, chromium_browser, free_port
+from support import LiveServer, chromium_browser, free_port, upload_through_page
 from test_web import CHROMIUM, CHROMIUM_ARGS
 
 PLANTED = (
@@ -152,16 +152,9 @@ def test_the_servers_own_page_still_uploads_and_deletes(browser, server, tmp_pat
     )
     context = browser.new_context()
     pg = context.new_page()
-    pg.goto(server.url + "/")
-    pg.wait_for_selector("body[data-ready='1']")
-    pg.click("#manage summary")
-    pg.wait_for_selector("#doc-rows tr")
-    before = pg.locator("#doc-rows tr").count()
-    pg.set_input_files("#upload-files", str(upload))
-    with pg.expect_response(lambda r: urlparse(r.url).path == "/documents" and r.request.method == "POST") as info:
-        pg.click("#upload-form button[type=submit]")
-    assert info.value.status == 201, info.value.text()
-    assert info.value.request.headers.get("x-qiao-request") == "1"
+    resp, before = upload_through_page(pg, server.url, upload)
+    assert resp.status == 201, resp.text()
+    assert resp.request.headers.get("x-qiao-request") == "1"
     expect(pg.locator("#doc-rows tr")).to_have_count(before + 1)
     pg.on("dialog", lambda d: d.accept())
     row = pg.locator("#doc-rows tr", has_text="xenotransplant.md")

@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 
-from support import LiveServer, chromium_browser
+from support import LiveServer, chromium_browser, upload_through_page
 
 CHROMIUM = os.environ.get("QIAO_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -248,15 +248,8 @@ def test_upload_from_the_page_then_search_finds_it(browser, fresh_service, tmp_p
     with LiveServer(service) as srv:
         context = browser.new_context(viewport={"width": 1280, "height": 900})
         pg = context.new_page()
-        pg.goto(srv.url + "/")
-        pg.wait_for_selector("body[data-ready='1']")
-        pg.click("#manage summary")
-        pg.wait_for_selector("#doc-rows tr")
-        before = pg.locator("#doc-rows tr").count()
-        pg.set_input_files("#upload-files", str(upload))
-        with pg.expect_response(lambda r: urlparse(r.url).path == "/documents" and r.request.method == "POST") as info:
-            pg.click("#upload-form button[type=submit]")
-        assert info.value.status == 201, info.value.text()
+        resp, before = upload_through_page(pg, srv.url, upload)
+        assert resp.status == 201, resp.text()
         expect(pg.locator("#doc-rows tr")).to_have_count(before + 1)
         assert "xenotransplant.md" in pg.inner_text("#manage-status")
         pg.check("input[name='what'][value='search']")
